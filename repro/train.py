@@ -1,0 +1,383 @@
+"""One trainer for the text classifier and the VGG: checkpoints with learning rates, resumable.
+
+A run folder looks like::
+
+    run_dir/
+      run.json                      model spec, train config, data fingerprint, excluded ids
+      checkpoints/epoch-0003.safetensors + epoch-0003.json   (epoch, step, lr in effect, metrics)
+      state/last.safetensors + last.json + last-optim.pt    (resume point, written every epoch)
+
+``list_checkpoints(run_dir)`` returns the checkpoints with their learning rates (what TracInCP
+needs); ``load_run(run_dir)`` rebuilds the model. Training is deterministic given the seed: the
+shuffling order and dropout noise of epoch ``e`` depend only on ``(seed, e)``, so a run resumed from
+its last epoch ends with exactly the weights of an uninterrupted run (on the same device).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from repro.data.core import Batch, Dataset
+from repro.errors import (CheckpointError, ConfigMismatchError, EmptyDatasetError,
+                          NonFiniteLossError, UnknownNameError)
+from repro.models import ReproModel, build_model
+from repro.utils import atomic_write_json, atomic_write_with, progress, resolve_device
+
+SCHEDULES = ("constant", "linear", "cosine", "step")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """Training hyperparameters.
+
+    ``checkpoint_epochs``: epochs after which a checkpoint is kept for influence estimation: a list of
+    epoch numbers (1-based), ``"all"``, or ``"final"``; the final epoch is always kept.
+    ``checkpoint_every_steps``: additionally keep a checkpoint every k optimizer steps.
+    ``schedule``: ``constant``, ``linear`` (warm-up then linear decay to 0), ``cosine`` (warm-up then
+    cosine to 0) or ``step`` (multiply by ``gamma`` at each epoch in ``milestones``).
+    ``amp``: bf16 autocast; ``None`` means on for CUDA, off on CPU.
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    milestones: Sequence[int] = ()
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    seed: int = 0
+    checkpoint_epochs: Sequence[int] | str = "all"
+    checkpoint_every_steps: int | None = None
+    eval_batch_size: int = 256
+    device: str = "auto"
+    amp: bool | None = None
+    max_grad_norm: float | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise UnknownNameError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise UnknownNameError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch_size and lr must be positive")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        if not isinstance(self.checkpoint_epochs, str):
+            d["checkpoint_epochs"] = list(self.checkpoint_epochs)
+        return d
+
+
+@dataclass
+class Checkpoint:
+    """A saved checkpoint: weights file plus what TracInCP needs (learning rate in effect)."""
+
+    path: Path
+    epoch: int
+    step: int
+    lr: float
+    lr_mean: float
+    metrics: dict = field(default_factory=dict)
+
+    def load_into(self, model: ReproModel) -> ReproModel:
+        """Load the weights into ``model`` (which must have the checkpoint's spec)."""
+        meta = json.loads(self.path.with_suffix(".json").read_text())
+        if meta.get("model_spec") != _jsonable(model.spec):
+            raise CheckpointError(f"checkpoint {self.path} belongs to another model: "
+                                  f"{meta.get('model_spec')} != {model.spec}")
+        state = load_file(str(self.path))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k in dict(model.state_dict())]
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {self.path} does not fit the model: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
+        return model
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict]
+    checkpoints: list[Checkpoint]
+    wall_time_s: float
+    resumed_from_epoch: int = 0
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj))
+
+
+def fingerprint_ids(ids) -> str:
+    ids = np.asarray(ids, dtype=np.int64)
+    return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of ``cfg.lr`` for optimizer step ``step`` (0-based)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch + 1  # 1-based epoch of this step
+        return cfg.gamma ** sum(epoch > m for m in cfg.milestones)
+    progress_ = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    if cfg.schedule == "linear":
+        return max(0.0, 1.0 - progress_)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+class Trainer:
+    """Train a :class:`ReproModel` with cross-entropy, saving checkpoints into ``run_dir``.
+
+    Example::
+
+        model = repro.models.vgg(num_classes=10, width=0.25, seed=0)
+        res = Trainer(model, TrainConfig(epochs=3, lr=0.05), "runs/vgg").fit(train, eval=test)
+        for ck in list_checkpoints("runs/vgg"): print(ck.epoch, ck.lr)
+    """
+
+    def __init__(self, model: ReproModel, config: TrainConfig | None = None, run_dir: str | Path | None = None):
+        self.model = model
+        self.config = config or TrainConfig()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = resolve_device(self.config.device)
+
+    # ------------------------------------------------------------------ helpers
+    def _encode(self, data) -> Batch:
+        if isinstance(data, Batch):
+            if len(data) == 0:
+                raise EmptyDatasetError("empty training batch")
+            return data
+        if isinstance(data, Dataset):
+            return self.model.encode(data)
+        raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
+
+    def _optimizer(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        c = self.config
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+
+    def _keep_epoch(self, epoch: int) -> bool:
+        ce = self.config.checkpoint_epochs
+        if epoch == self.config.epochs or ce == "all":
+            return True
+        if ce == "final":
+            return False
+        if isinstance(ce, str):
+            raise UnknownNameError(f"checkpoint_epochs must be a list, 'all' or 'final', got {ce!r}")
+        return epoch in set(ce)
+
+    def _run_record(self, train: Batch, exclude_ids) -> dict:
+        return {"model_spec": _jsonable(self.model.spec), "config": self.config.to_dict(),
+                "train_ids": fingerprint_ids(train.ids.numpy()), "n_train": len(train),
+                "excluded_ids": sorted(int(i) for i in exclude_ids) if exclude_ids is not None else []}
+
+    def _save_weights(self, path: Path, meta: dict) -> None:
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        atomic_write_with(path, lambda tmp: save_file(state, tmp))
+        atomic_write_json(path.with_suffix(".json"), meta)
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, train, eval=None, exclude_ids=None, resume: bool = True,
+            until_epoch: int | None = None) -> TrainResult:
+        """Train; returns the per-epoch history and the kept checkpoints.
+
+        Args:
+            train: a Dataset (encoded with ``model.encode``) or an encoded Batch.
+            eval: optional held-out data, evaluated after every epoch.
+            exclude_ids: train on everything except these example ids (removal experiments); ids not
+                in the training set raise KeyError.
+            resume: continue from ``run_dir/state`` if it holds an earlier, identical run.
+            until_epoch: stop after this epoch (as if interrupted); a later ``fit`` resumes.
+        """
+        t0 = time.perf_counter()
+        cfg = self.config
+        if exclude_ids is not None and len(exclude_ids):
+            if isinstance(train, Dataset):
+                train = train.exclude(exclude_ids)
+            else:
+                missing = np.setdiff1d(np.asarray(exclude_ids), train.ids.numpy())
+                if len(missing):
+                    raise KeyError(f"{len(missing)} excluded id(s) not in the training set: {missing[:10].tolist()}")
+                train = train.exclude(exclude_ids)
+        train = self._encode(train)
+        eval_batch = self._encode(eval) if eval is not None else None
+        if int(train.labels.max()) >= self.model.num_classes or int(train.labels.min()) < 0:
+            from repro.errors import LabelRangeError
+            raise LabelRangeError(f"training labels exceed the head's {self.model.num_classes} classes")
+        model = self.model.to(self.device)
+        opt = self._optimizer()
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
+        record = self._run_record(train, exclude_ids)
+        history: list[dict] = []
+        start_epoch = 0
+        if self.run_dir is not None:
+            start_epoch, history = self._prepare_run_dir(record, opt, sched, resume)
+        amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
+        step = start_epoch * steps_per_epoch
+        last_epoch = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for epoch in range(start_epoch + 1, last_epoch + 1):
+                torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+                model.train()
+                tot_loss, tot_correct, seen, lrs = 0.0, 0, 0, []
+                bar = progress(train.batches(cfg.batch_size, shuffle_seed=cfg.seed * 7919 + epoch),
+                               total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
+                               disable=not cfg.progress, leave=False)
+                for mb in bar:
+                    mb = mb.to(self.device)
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                        logits = model(**mb.inputs, ids=mb.ids)
+                        loss = F.cross_entropy(logits.float(), mb.labels, label_smoothing=cfg.label_smoothing)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"loss became {loss.item()} at epoch {epoch}, step {step}; lower the learning "
+                            f"rate (now {opt.param_groups[0]['lr']:.3g}) or check the inputs")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    lrs.append(opt.param_groups[0]["lr"])
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    n = len(mb)
+                    tot_loss += loss.item() * n
+                    tot_correct += int((logits.argmax(1) == mb.labels).sum())
+                    seen += n
+                    bar.set_postfix(loss=f"{tot_loss / seen:.3f}")
+                    if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and self.run_dir:
+                        self._checkpoint(f"step-{step:07d}", epoch, step, lrs[-1], float(np.mean(lrs)), {})
+                row = {"epoch": epoch, "step": step, "lr": lrs[-1], "lr_mean": float(np.mean(lrs)),
+                       "train_loss": tot_loss / seen, "train_accuracy": tot_correct / seen}
+                if eval_batch is not None:
+                    ev = evaluate(model, eval_batch, cfg.eval_batch_size, self.device)
+                    row.update({"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]})
+                history.append(row)
+                if self.run_dir is not None:
+                    if self._keep_epoch(epoch):
+                        self._checkpoint(f"epoch-{epoch:04d}", epoch, step, row["lr"], row["lr_mean"], row)
+                    self._save_state(epoch, step, history, opt, sched)
+        model.eval()
+        return TrainResult(self.run_dir, history, list_checkpoints(self.run_dir) if self.run_dir else [],
+                           time.perf_counter() - t0, resumed_from_epoch=start_epoch)
+
+    def _checkpoint(self, name, epoch, step, lr, lr_mean, metrics) -> None:
+        meta = {"epoch": epoch, "step": step, "lr": lr, "lr_mean": lr_mean, "metrics": metrics,
+                "model_spec": _jsonable(self.model.spec)}
+        self._save_weights(self.run_dir / "checkpoints" / f"{name}.safetensors", meta)
+
+    def _save_state(self, epoch, step, history, opt, sched) -> None:
+        state_dir = self.run_dir / "state"
+        atomic_write_with(state_dir / "last-optim.pt",
+                          lambda tmp: torch.save({"optimizer": opt.state_dict(),
+                                                  "scheduler": sched.state_dict()}, tmp))
+        self._save_weights(state_dir / "last.safetensors",
+                           {"epoch": epoch, "step": step, "history": history,
+                            "model_spec": _jsonable(self.model.spec)})
+
+    def _prepare_run_dir(self, record: dict, opt, sched, resume: bool) -> tuple[int, list]:
+        run_json = self.run_dir / "run.json"
+        state_meta = self.run_dir / "state" / "last.json"
+        if run_json.exists():
+            old = json.loads(run_json.read_text())
+            if old != record:
+                diff = sorted(k for k in record if old.get(k) != record[k])
+                raise ConfigMismatchError(
+                    f"{self.run_dir} holds a run with another {', '.join(diff)}; use a new run_dir "
+                    "or delete the old one")
+            if resume and state_meta.exists():
+                meta = json.loads(state_meta.read_text())
+                self.model.load_state_dict(load_file(str(self.run_dir / "state" / "last.safetensors")))
+                st = torch.load(self.run_dir / "state" / "last-optim.pt", weights_only=True,
+                                map_location=self.device)
+                opt.load_state_dict(st["optimizer"])
+                sched.load_state_dict(st["scheduler"])
+                return int(meta["epoch"]), list(meta["history"])
+            # not resuming: start over in the same folder
+            for p in (self.run_dir / "checkpoints").glob("*"):
+                p.unlink()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_json, record)
+        return 0, []
+
+
+# ---------------------------------------------------------------------------- inference helpers
+@torch.no_grad()
+def predict(model: ReproModel, data, batch_size: int = 256, device=None) -> torch.Tensor:
+    """Logits for every example (eval mode, no turn-over masks), on the CPU."""
+    device = resolve_device(device or "auto") if device is None or isinstance(device, str) else device
+    batch = data if isinstance(data, Batch) else model.encode(data)
+    model = model.to(device).eval()
+    out = [model(**mb.to(device).inputs).float().cpu() for mb in batch.batches(batch_size)]
+    return torch.cat(out)
+
+
+def evaluate(model: ReproModel, data, batch_size: int = 256, device=None) -> dict:
+    """Mean cross-entropy loss and accuracy."""
+    batch = data if isinstance(data, Batch) else model.encode(data)
+    logits = predict(model, batch, batch_size, device)
+    loss = F.cross_entropy(logits, batch.labels).item()
+    acc = (logits.argmax(1) == batch.labels).float().mean().item()
+    return {"loss": loss, "accuracy": acc}
+
+
+# ---------------------------------------------------------------------------- run folders
+def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
+    """The kept checkpoints of a run, in training order, with their learning rates."""
+    run_dir = Path(run_dir)
+    ck_dir = run_dir / "checkpoints"
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    if not ck_dir.is_dir() or not any(ck_dir.glob("*.safetensors")):
+        raise CheckpointError(f"run folder {run_dir} has no checkpoints (was it trained with a run_dir?)")
+    out = []
+    for path in ck_dir.glob("*.safetensors"):
+        meta_path = path.with_suffix(".json")
+        if not meta_path.exists():
+            raise CheckpointError(f"checkpoint {path} has no JSON sidecar; the run is incomplete")
+        m = json.loads(meta_path.read_text())
+        out.append(Checkpoint(path, m["epoch"], m["step"], m["lr"], m["lr_mean"], m.get("metrics", {})))
+    return sorted(out, key=lambda c: c.step)
+
+
+def load_run(run_dir: str | Path, checkpoint: Checkpoint | int | None = -1) -> tuple[ReproModel, list[Checkpoint]]:
+    """Rebuild a run's model (weights of ``checkpoint``: an index into the list, or None for none)."""
+    run_dir = Path(run_dir)
+    run_json = run_dir / "run.json"
+    if not run_json.exists():
+        raise CheckpointError(f"{run_dir} is not a repro run folder (no run.json)")
+    record = json.loads(run_json.read_text())
+    cks = list_checkpoints(run_dir)
+    model = build_model(record["model_spec"])
+    if checkpoint is not None:
+        (cks[checkpoint] if isinstance(checkpoint, int) else checkpoint).load_into(model)
+    return model.eval(), cks

@@ -1,0 +1,71 @@
+"""Small shared helpers: atomic file writes, devices, progress bars."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> Path:
+    """Write ``path`` by calling ``writer(tmp_path)`` on a temp file in the same folder, then
+    renaming it into place: readers never see a half-written file, and a failed write leaves
+    nothing behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    return atomic_write_with(path, w)
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar that renders as a widget in Jupyter and as text elsewhere."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("mininterval", 1.0)
+    return tqdm(iterable, **kwargs)
