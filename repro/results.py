@@ -1,0 +1,142 @@
+"""Write a notebook's numbers, tables and figures under ``results/<notebook>/<profile>/``.
+
+Every file is written atomically (temp file + rename). ``metrics.json`` carries the headline numbers
+together with the parameters, git commit, device, library versions and wall time, and is written
+last (``finish``), so a failed run never leaves a half-written or misleading one behind.
+
+Example (in a notebook)::
+
+    out = ResultWriter("quickstart", profile, params=params)
+    out.table("history", df)          # results/quickstart/cpu/history.csv
+    out.figure("learning_curve", fig) # results/quickstart/cpu/learning_curve.png
+    out.finish({"vgg_test_accuracy": 0.87})
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from repro.utils import atomic_write_json, atomic_write_with
+
+
+def repo_root(start: Path | None = None) -> Path | None:
+    """The repro checkout containing ``start`` (a folder with pyproject.toml and notebooks/)."""
+    here = (start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "pyproject.toml").exists() and (p / "notebooks").is_dir():
+            return p
+    pkg = Path(__file__).resolve().parents[1]
+    if (pkg / "pyproject.toml").exists():
+        return pkg
+    return None
+
+
+def results_root() -> Path:
+    """``$REPRO_RESULTS`` if set, else ``results/`` of the checkout, else ``./results``."""
+    env = os.environ.get("REPRO_RESULTS")
+    if env:
+        return Path(env)
+    root = repo_root()
+    return (root / "results") if root else Path.cwd() / "results"
+
+
+def runs_root() -> Path:
+    """Where notebooks keep training runs (checkpoints): ``$REPRO_RUNS``, else ``runs/`` of the
+    checkout (git-ignored), else ``./runs``."""
+    env = os.environ.get("REPRO_RUNS")
+    if env:
+        return Path(env)
+    root = repo_root()
+    return (root / "runs") if root else Path.cwd() / "runs"
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    root = root or repo_root()
+    if root is None:
+        return None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{commit}{'+dirty' if dirty else ''}" if commit else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Device and library versions, for provenance."""
+    import numpy
+    import torch
+
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__}
+    for mod in ("transformers", "torchvision", "datasets", "sklearn", "scipy", "pandas"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    if torch.cuda.is_available():
+        device = f"cuda: {torch.cuda.get_device_name(0)}"
+    else:
+        device = f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return {"device": device, "platform": platform.platform(), "versions": versions}
+
+
+class ResultWriter:
+    """Collects a run's outputs in ``<root>/<notebook>/<profile>/``."""
+
+    def __init__(self, notebook: str, profile: str, params: dict | None = None, root: str | Path | None = None):
+        self.notebook = notebook
+        self.profile = profile
+        self.params = dict(params or {})
+        self.dir = Path(root or results_root()) / notebook / profile
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.perf_counter()
+        self.files: list[str] = []
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def table(self, name: str, frame, index: bool = False) -> Path:
+        """Write a pandas DataFrame as ``<name>.csv``."""
+        p = atomic_write_with(self.dir / f"{name}.csv", lambda tmp: frame.to_csv(tmp, index=index))
+        self.files.append(p.name)
+        return p
+
+    def figure(self, name: str, fig, dpi: int = 130) -> Path:
+        """Save a matplotlib figure as ``<name>.png``."""
+        p = atomic_write_with(self.dir / f"{name}.png",
+                              lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+        self.files.append(p.name)
+        return p
+
+    def json(self, name: str, obj) -> Path:
+        p = atomic_write_json(self.dir / f"{name}.json", obj)
+        self.files.append(p.name)
+        return p
+
+    def finish(self, metrics: dict, notes: list[str] | None = None) -> Path:
+        """Write ``metrics.json`` (headline numbers + provenance); call once, at the end."""
+        record = {
+            "notebook": self.notebook,
+            "profile": self.profile,
+            "metrics": metrics,
+            "params": self.params,
+            "notes": notes or [],
+            "git_commit": git_commit(),
+            **environment(),
+            "wall_time_s": round(time.perf_counter() - self.t0, 2),
+            "files": sorted(set(self.files)),
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return atomic_write_json(self.dir / "metrics.json", record)
+
+
+def read_metrics(notebook: str, profile: str, root: str | Path | None = None) -> dict:
+    """Read back a run's ``metrics.json``."""
+    return json.loads((Path(root or results_root()) / notebook / profile / "metrics.json").read_text())
