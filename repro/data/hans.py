@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import string
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from itertools import product
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import pandas as pd

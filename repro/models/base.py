@@ -54,6 +54,15 @@ class ReproModel(nn.Module):
             raise UnknownNameError(f"no parameters named {unmatched}; e.g. {names[:5]}")
         return chosen
 
+    def head_turnover(self):
+        """The turn-over dropout layer that sits directly before the last layer, if any.
+
+        When it exists, everything below it is independent of the instance masks, so turn-over
+        influence needs one forward pass per target instead of one per (target, instance) pair."""
+        if (self.spec or {}).get("turnover"):
+            return self.drop
+        return None
+
     def check_labels(self, ds: Dataset) -> None:
         if len(ds) == 0:
             raise EmptyDatasetError(f"dataset {ds.name}/{ds.split} is empty")
