@@ -40,3 +40,45 @@ def learning_curve_figure(frame: pd.DataFrame):
             axes[i, j].set_title(f"{name}: {metric}")
     fig.tight_layout()
     return fig
+
+
+def image_explanation_figure(explanations: list[dict], train, test, max_rows: int = 4):
+    """One row per test image: the image, its k most helpful and k most harmful training images."""
+    import matplotlib.pyplot as plt
+
+    rows = explanations[:max_rows]
+    k = len(rows[0]["helpful"]) if rows else 0
+    fig, axes = plt.subplots(len(rows), 1 + 2 * k, figsize=(1.6 * (1 + 2 * k), 1.9 * len(rows)), squeeze=False)
+    name = lambda ds, y: ds.classes[int(y)][:10]
+    for r, e in enumerate(rows):
+        ax = axes[r, 0]
+        ax.imshow(test.images[e["test_pos"]][0], cmap="gray")
+        ax.set_title(f"test: {name(test, e['label'])}\npred: {name(test, e['pred'])}", fontsize=7,
+                     color="black" if e["label"] == e["pred"] else "red")
+        for j, (pos, sc) in enumerate(zip(e["helpful"], e["helpful_scores"])):
+            a = axes[r, 1 + j]
+            a.imshow(train.images[pos][0], cmap="gray")
+            a.set_title(f"helpful {sc:+.2f}\n{name(train, train.labels[pos])}", fontsize=7, color="green")
+        for j, (pos, sc) in enumerate(zip(e["harmful"], e["harmful_scores"])):
+            a = axes[r, 1 + k + j]
+            a.imshow(train.images[pos][0], cmap="gray")
+            a.set_title(f"harmful {sc:+.2f}\n{name(train, train.labels[pos])}", fontsize=7, color="darkred")
+    for a in axes.ravel():
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def text_explanation_table(explanations: list[dict], train, test, width: int = 90) -> pd.DataFrame:
+    """The same as a table of texts: one row per (test example, helpful/harmful training example)."""
+    cut = lambda s: s if len(s) <= width else s[: width - 1] + "…"
+    rows = []
+    for e in explanations:
+        for kind in ("helpful", "harmful"):
+            for pos, sc in zip(e[kind], e[f"{kind}_scores"]):
+                rows.append({"test_id": e["test_id"], "test": cut(test.example(e["test_pos"])),
+                             "label": test.classes[e["label"]], "pred": test.classes[e["pred"]], "kind": kind,
+                             "score": float(sc), "train_id": int(train.ids[pos]),
+                             "train_label": train.classes[int(train.labels[pos])], "train": cut(train.example(pos))})
+    return pd.DataFrame(rows)

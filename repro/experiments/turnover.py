@@ -1,0 +1,138 @@
+"""Protocols of the turn-over dropout replication (notebooks/turnover_cleansing.ipynb).
+
+* :func:`cleansing` -- rank training instances by turn-over influence summed over a validation set,
+  remove the k most harmful, retrain from scratch, compare test accuracy with no removal and with
+  removing k random instances, over several seeds.
+* :func:`loo_agreement` -- compare the estimate with actual leave-one-out retraining on a small set.
+* :func:`explain` -- the most helpful / harmful training instances of given test examples.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import pearsonr, spearmanr
+
+from repro.data.core import Dataset
+from repro.influence.turnover import TurnOverInfluence
+from repro.train import TrainConfig, Trainer, evaluate
+from repro.utils import progress
+
+ModelFactory = Callable[[int], torch.nn.Module]  # seed -> fresh model
+
+
+def train_fresh(make_model: ModelFactory, train: Dataset, cfg: TrainConfig, seed: int, eval=None):
+    """A new model (initialised from ``seed``) trained on ``train`` with ``cfg`` (its seed replaced)."""
+    model = make_model(seed)
+    cfg = TrainConfig(**{**cfg.__dict__, "seed": seed, "progress": False})
+    res = Trainer(model, cfg).fit(train, eval=eval)
+    return model, res
+
+
+def cleansing(make_model: ModelFactory, train: Dataset, val: Dataset, test: Dataset, cfg: TrainConfig,
+              ks: Sequence[int], seeds: Sequence[int], flipped_ids=None, influence_seed: int = 0,
+              show_progress: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
+    """Data cleansing with turn-over influence.
+
+    Trains one turn-over model (seed ``influence_seed``), sums its influence over ``val`` for every
+    training instance, then for every seed retrains from scratch on (a) all data, (b) all but the k
+    most harmful (most negative summed influence), (c) all but k random instances.
+
+    Returns ``(rows, summed_influence)``: one row per (method, k, seed) with test accuracy and loss,
+    and how many removed instances were injected label flips (``flipped_ids``)."""
+    model, _ = train_fresh(make_model, train, cfg, influence_seed)
+    summed = TurnOverInfluence(model, show_progress=False).summed(val, train).numpy()
+    harmful_order = train.ids[np.argsort(summed)]  # most negative first
+    flipped = set(np.asarray(flipped_ids if flipped_ids is not None else [], dtype=np.int64).tolist())
+    rows = []
+    jobs = [("none", 0)] + [(m, k) for k in ks for m in ("harmful", "random")]
+    bar = progress(total=len(jobs) * len(seeds), desc="cleansing retrains", disable=not show_progress)
+    for seed in seeds:
+        rng = np.random.default_rng(10_000 + seed)
+        for method, k in jobs:
+            if method == "none":
+                removed = np.array([], dtype=np.int64)
+            elif method == "harmful":
+                removed = harmful_order[:k]
+            else:
+                removed = rng.choice(train.ids, size=k, replace=False)
+            kept = train.exclude(removed) if len(removed) else train
+            m, _ = train_fresh(make_model, kept, cfg, seed)
+            ev = evaluate(m, test)
+            rows.append({"method": method, "k": k, "seed": seed, "test_accuracy": ev["accuracy"],
+                         "test_loss": ev["loss"], "removed_flipped": len(flipped.intersection(removed.tolist())),
+                         "n_train": len(kept)})
+            bar.update()
+    bar.close()
+    return pd.DataFrame(rows), summed
+
+
+def cleansing_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per (method, k), with the gain over no removal."""
+    base = rows[rows.method == "none"].set_index("seed")["test_accuracy"]
+    rows = rows.assign(gain=rows["test_accuracy"] - rows["seed"].map(base))
+    agg = rows.groupby(["method", "k"], sort=False).agg(
+        acc_mean=("test_accuracy", "mean"), acc_std=("test_accuracy", "std"),
+        gain_mean=("gain", "mean"), gain_std=("gain", "std"),
+        removed_flipped=("removed_flipped", "mean"), seeds=("seed", "nunique")).reset_index()
+    return agg
+
+
+def loo_agreement(make_model: ModelFactory, train: Dataset, targets: Dataset, cfg: TrainConfig,
+                  n_candidates: int, seeds: Sequence[int], show_progress: bool = True) -> pd.DataFrame:
+    """Estimated influence (summed over ``targets``) vs actual leave-one-out retraining.
+
+    For each seed: train a turn-over model, estimate every training instance's influence on the
+    targets' total loss, pick candidates (the most harmful third, the most helpful third, a random
+    third), retrain without each from the same seed and measure the change in the targets' total
+    loss. Actual effect of removing z: ``L(without z) - L(all)``; a helpful z (positive estimate)
+    should have a positive actual effect. Returns one row per (seed, candidate)."""
+    rows = []
+    per = max(1, n_candidates // 3)
+    for seed in seeds:
+        model, _ = train_fresh(make_model, train, cfg, seed)
+        est = TurnOverInfluence(model, show_progress=False).summed(targets, train).numpy()
+        base = evaluate(model, targets)["loss"] * len(targets)
+        order = np.argsort(est)
+        rng = np.random.default_rng(seed)
+        middle = order[per:-per] if len(order) > 2 * per else order
+        chosen = np.unique(np.concatenate([order[:per], order[-per:],
+                                           rng.choice(middle, size=min(per, len(middle)), replace=False)]))
+        for pos in progress(chosen, desc=f"LOO retrains (seed {seed})", disable=not show_progress):
+            m, _ = train_fresh(make_model, train.exclude([train.ids[pos]]), cfg, seed)
+            actual = evaluate(m, targets)["loss"] * len(targets) - base
+            rows.append({"seed": seed, "id": int(train.ids[pos]), "estimated": float(est[pos]), "actual": actual})
+    return pd.DataFrame(rows)
+
+
+def loo_correlations(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pearson and Spearman correlation of estimated vs actual, per seed and pooled."""
+    out = []
+    for seed, g in list(frame.groupby("seed")) + [("pooled", frame)]:
+        out.append({"seed": seed, "n": len(g), "pearson": pearsonr(g.estimated, g.actual)[0],
+                    "spearman": spearmanr(g.estimated, g.actual)[0]})
+    return pd.DataFrame(out)
+
+
+def explain(model, train: Dataset, test: Dataset, k: int = 3) -> list[dict]:
+    """For each test example: its prediction, the k most helpful and k most harmful training ids.
+
+    As in the paper's demo, the harmful list is restricted to training instances whose label equals
+    the wrong predicted class when the prediction is wrong."""
+    from repro.train import predict
+
+    est = TurnOverInfluence(model, show_progress=False)
+    scores = est.scores(test, train).numpy()
+    preds = predict(model, test).argmax(1).numpy()
+    out = []
+    for t in range(len(test)):
+        s = scores[t]
+        helpful = np.argsort(-s)[:k]
+        pool = np.flatnonzero(train.labels == preds[t]) if preds[t] != test.labels[t] else np.arange(len(train))
+        harmful = pool[np.argsort(s[pool])[:k]]
+        out.append({"test_pos": t, "test_id": int(test.ids[t]), "label": int(test.labels[t]), "pred": int(preds[t]),
+                    "helpful": helpful, "helpful_scores": s[helpful],
+                    "harmful": harmful, "harmful_scores": s[harmful]})
+    return out
