@@ -32,3 +32,7 @@ class NonFiniteLossError(ReproError, FloatingPointError):
 
 class ConfigMismatchError(ReproError, ValueError):
     """Cached or saved artefacts were made with another configuration and must not be mixed."""
+
+
+class NotFittedError(ReproError, RuntimeError):
+    """An estimator was asked for scores before ``fit`` computed what they need."""

@@ -105,7 +105,6 @@ class Checkpoint:
                                   f"{meta.get('model_spec')} != {model.spec}")
         state = load_file(str(self.path))
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k in dict(model.state_dict())]
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {self.path} does not fit the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
@@ -273,7 +272,9 @@ class Trainer:
                     tot_correct += int((logits.argmax(1) == mb.labels).sum())
                     seen += n
                     bar.set_postfix(loss=f"{tot_loss / seen:.3f}")
-                    if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and self.run_dir:
+                    end_of_kept_epoch = step == epoch * steps_per_epoch and self._keep_epoch(epoch)
+                    if (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and self.run_dir
+                            and not end_of_kept_epoch):  # never save the same weights twice
                         self._checkpoint(f"step-{step:07d}", epoch, step, lrs[-1], float(np.mean(lrs)), {})
                 row = {"epoch": epoch, "step": step, "lr": lrs[-1], "lr_mean": float(np.mean(lrs)),
                        "train_loss": tot_loss / seen, "train_accuracy": tot_correct / seen}

@@ -130,6 +130,8 @@ class TextClassifier(ReproModel):
         texts = [str(t) for t in ds.texts]
         pairs = None if ds.pairs is None else [str(t) for t in ds.pairs]
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if self.tokenizer.padding_side != "right":  # Batch slicing trims padding on the right
+            self.tokenizer.padding_side = "right"
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.spec["max_length"],
                              padding="max_length", return_tensors="pt")
         inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}

@@ -1,0 +1,337 @@
+"""TracInCP (Pruthi et al., NeurIPS 2020): influence by tracing gradient descent over checkpoints.
+
+    TracInCP(z, z') = sum_i  eta_i * grad l(w_i, z) . grad l(w_i, z')
+
+over the saved checkpoints ``w_i`` with the learning rate ``eta_i`` in effect there. **Sign
+convention**: positive = *proponent* (a gradient step on the training example ``z`` lowers the test
+loss at ``z'``), negative = *opponent*. Self-influence ``sum_i eta_i |grad l(w_i, z)|^2 >= 0`` is high
+for memorised, rare or mislabelled examples.
+
+Train gradients are computed once per checkpoint in :meth:`TracInCP.fit` (optionally projected and
+cached on disk) and reused for every test point; test gradients are computed once per
+:meth:`TracInCP.scores` call and checkpoint.
+
+Last-layer fast path: for the classifier layer ``logits = W a + b`` under softmax cross-entropy, the
+per-example gradients are ``dW = e a^T`` and ``db = e`` with ``e = softmax(logits) - onehot(y)``, so
+``grad . grad' = (e . e') (a . a' + 1)``. Only ``e`` and ``a`` are stored; ``dW`` never exists.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from repro.data.core import Batch
+from repro.errors import CheckpointError, EmptyDatasetError, ReproError
+from repro.influence.cache import GradientCache, cached_rows, file_fingerprint, ids_fingerprint
+from repro.influence.grads import as_batch, grad_dim, param_names, per_example_grads, resolve_target
+from repro.train import Checkpoint, list_checkpoints, load_run
+from repro.utils import progress as _progress
+from repro.utils import resolve_device
+
+__all__ = ["TracInCP", "NotFittedError", "resolve_checkpoints"]
+
+
+from repro.errors import NotFittedError  # noqa: E402  (re-exported: estimators import it from here)
+
+
+def resolve_checkpoints(checkpoints) -> list[Checkpoint]:
+    """A run folder (str/Path, read with :func:`repro.train.list_checkpoints`), one Checkpoint, or
+    a list of them, as a non-empty list in the given order."""
+    if isinstance(checkpoints, (str, Path)):
+        return _dedupe_steps(list_checkpoints(checkpoints))
+    if isinstance(checkpoints, Checkpoint):
+        return [checkpoints]
+    cks = list(checkpoints)
+    if not cks:
+        raise CheckpointError("TracInCP needs at least one checkpoint")
+    bad = [type(c).__name__ for c in cks if not isinstance(c, Checkpoint)]
+    if bad:
+        raise TypeError(f"checkpoints must be repro.train.Checkpoint objects, got {bad[:3]}")
+    return cks
+
+
+def _dedupe_steps(cks: list[Checkpoint]) -> list[Checkpoint]:
+    """One checkpoint per optimizer step. A run saved with ``checkpoint_every_steps`` also keeps an
+    epoch checkpoint at the same step when the two coincide (same weights); counting both would
+    double that checkpoint's term. The epoch checkpoint is kept, with a warning."""
+    by_step: dict[int, Checkpoint] = {}
+    for c in cks:
+        if c.step not in by_step or c.path.stem.startswith("epoch-"):
+            by_step[c.step] = c
+    if len(by_step) < len(cks):
+        warnings.warn(f"{len(cks) - len(by_step)} checkpoint(s) share an optimizer step with another "
+                      "one (same weights); each step is counted once", RuntimeWarning, stacklevel=3)
+    return sorted(by_step.values(), key=lambda c: c.step)
+
+
+def _matmul_t(a: torch.Tensor, b: torch.Tensor, device: torch.device, block: int = 8192) -> torch.Tensor:
+    """``a @ b.T`` on ``device`` (b in row blocks), result on the CPU."""
+    if device.type == "cpu":
+        return a.float() @ b.float().T
+    a_d = a.to(device, torch.float32)
+    out = [(a_d @ b[s:s + block].to(device, torch.float32).T).cpu() for s in range(0, len(b), block)]
+    return torch.cat(out, 1)
+
+
+class TracInCP:
+    """TracInCP over saved checkpoints, for any parameter subset, with a last-layer fast path.
+
+    Args:
+        model: a :class:`repro.models.ReproModel` with the checkpoints' architecture. It is copied;
+            the caller's model (weights, device, mode) is never changed.
+        checkpoints: a run folder (every kept checkpoint, in training order) or Checkpoint(s).
+        params: parameter group or names (``"last"`` = classifier weight + bias, ``"embeddings"``,
+            ``"all"``, ``"trainable"``, a list of names/prefixes).
+        lr_weighting: ``True`` (or ``"lr"``): weight checkpoint ``i`` by ``Checkpoint.lr``, the
+            learning rate in effect when it was saved; ``"mean"``: by ``Checkpoint.lr_mean`` (mean
+            over the epoch that ended there); ``False``: weight 1 (as the official code does).
+        projector: optional :class:`repro.influence.projection.Projector` (``dim_in`` = gradient
+            dimension) applied to train and test gradients (TracInRP-style).
+        cache_dir: optional folder; train rows of checkpoint ``c`` go to ``cache_dir/<c.path.stem>``
+            (see :mod:`repro.influence.cache`): reused across runs, resumable, stamped.
+        fast_last_layer: ``"auto"`` (use the factorised form when ``params`` lies within the last
+            layer, the test target is the loss and there is no projector), ``True`` (require it) or
+            ``False`` (brute-force gradients).
+        batch_size: examples per gradient chunk (default: from a memory budget).
+        device: where gradients are computed (``"auto"``: CUDA when available).
+        method: per-example gradient method (``"auto"``, ``"vmap"``, ``"loop"``).
+        test_target: what is differentiated at the test point: ``"loss"`` (default) or another
+            target of :func:`repro.influence.grads.resolve_target` (``"logit"``, ``"prob"``, ...).
+            For targets where higher is better the score is negated, so that a positive score
+            still means "this training example moves the target the good way".
+        cache_chunk: rows per cache chunk / per progress step.
+        progress: show progress bars.
+
+    Example::
+
+        tracin = TracInCP(model, "runs/vgg", params="last").fit(train)
+        s = tracin.scores(test)                   # (n_test, n_train)
+        top = tracin.top_k(test, k=5)             # proponent / opponent ids and scores
+        flagged = tracin.self_influence().argsort(descending=True)
+    """
+
+    def __init__(self, model, checkpoints, params="last", lr_weighting=True, projector=None,
+                 cache_dir=None, fast_last_layer="auto", batch_size: int | None = None,
+                 device="auto", method: str = "auto", test_target="loss", cache_chunk: int = 1024,
+                 progress: bool = True):
+        self.checkpoints = resolve_checkpoints(checkpoints)
+        self.device = resolve_device(device)
+        self.model = copy.deepcopy(model).to(self.device).eval()
+        self.params = params
+        self.names = param_names(self.model, params)
+        self.projector = projector
+        if projector is not None and projector.dim_in != grad_dim(self.model, self.names):
+            raise ValueError(f"projector.dim_in={projector.dim_in} but the gradients of {params!r} have "
+                             f"{grad_dim(self.model, self.names)} entries")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.batch_size = batch_size
+        self.method = method
+        self.target = resolve_target(test_target)
+        self.cache_chunk = int(cache_chunk)
+        self.progress = progress
+        if lr_weighting is True or lr_weighting == "lr":
+            self.weights = [float(c.lr) for c in self.checkpoints]
+        elif lr_weighting == "mean":
+            self.weights = [float(c.lr_mean) for c in self.checkpoints]
+        elif lr_weighting is False or lr_weighting is None:
+            self.weights = [1.0] * len(self.checkpoints)
+        else:
+            raise ValueError(f"lr_weighting must be True, 'lr', 'mean' or False, got {lr_weighting!r}")
+        self.lr_weighting = lr_weighting
+        self.fast = self._use_fast(fast_last_layer)
+        self._train: Batch | None = None
+        self._rows: list[dict[str, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ configuration
+    def _use_fast(self, fast) -> bool:
+        last = self.model.last_layer_name + "."
+        within_last = all(n.startswith(last) for n in self.names)
+        reasons = []
+        if not within_last:
+            reasons.append(f"params {self.params!r} are not (only) the last layer")
+        if self.target.name != "loss":
+            reasons.append(f"the test target is {self.target.name!r}, not the loss")
+        if self.projector is not None:
+            reasons.append("a projector is set (the fast path needs none)")
+        if fast == "auto":
+            return not reasons
+        if fast is True:
+            if reasons:
+                raise ValueError("fast_last_layer=True is not applicable: " + "; ".join(reasons))
+            return True
+        if fast is False:
+            return False
+        raise ValueError(f"fast_last_layer must be 'auto', True or False, got {fast!r}")
+
+    @property
+    def use_weight(self) -> bool:
+        return f"{self.model.last_layer_name}.weight" in self.names
+
+    @property
+    def use_bias(self) -> bool:
+        return f"{self.model.last_layer_name}.bias" in self.names
+
+    def _stamp(self, ck: Checkpoint, train: Batch) -> dict:
+        return {
+            "format": "repro.tracin.train_rows/1",
+            "kind": "last_layer_factors" if self.fast else "grads",
+            "model_spec": self.model.spec,
+            "checkpoint": {"epoch": ck.epoch, "step": ck.step, **file_fingerprint(ck.path)},
+            "params": self.names,
+            "projection": self.projector.spec() if self.projector is not None else None,
+            "target": "loss",
+            "n": len(train),
+            "ids": ids_fingerprint(train.ids),
+            "chunk_rows": self.cache_chunk,
+        }
+
+    # ------------------------------------------------------------------ per-example rows
+    @torch.no_grad()
+    def _factors(self, chunk: Batch, check: bool = False) -> dict[str, torch.Tensor]:
+        """``e = softmax - onehot`` and ``a = features`` of a chunk (at the loaded checkpoint)."""
+        es, as_ = [], []
+        bs = self.batch_size or 256
+        for mb in chunk.batches(bs):
+            mb = mb.to(self.device)
+            a = self.model.features(**mb.inputs).float()
+            logits = self.model.last_layer(a)
+            if check and not es:  # once per fit: is the last layer really the model's output?
+                direct = self.model(**{k: v[:2] for k, v in mb.inputs.items()}).float()
+                if not torch.allclose(direct, logits[:2], rtol=1e-4, atol=1e-5):
+                    raise ReproError(
+                        f"{type(self.model).__name__}: last_layer(features(x)) differs from the "
+                        "logits, so the last-layer fast path does not apply; use fast_last_layer=False")
+            e = torch.softmax(logits, 1) - F.one_hot(mb.labels, logits.shape[1]).float()
+            es.append(e.cpu())
+            as_.append(a.cpu())
+        return {"e": torch.cat(es), "a": torch.cat(as_)}
+
+    def _grads(self, chunk: Batch, target) -> dict[str, torch.Tensor]:
+        g = per_example_grads(self.model, chunk, self.names, target=target, method=self.method,
+                              chunk_size=self.batch_size, projector=self.projector,
+                              device=self.device, progress=False)
+        return {"g": g}
+
+    def _rows_for(self, batch: Batch, ck: Checkpoint, target=None, check: bool = False, cache=None,
+                  bar=None) -> dict[str, torch.Tensor]:
+        """Rows of ``batch`` at checkpoint ``ck`` (loaded into the working copy only when a chunk
+        has to be computed)."""
+        loaded = []
+
+        def compute(lo, hi):
+            if not loaded:
+                ck.load_into(self.model)
+                loaded.append(True)
+            chunk = batch[torch.arange(lo, hi)]
+            if self.fast:
+                return self._factors(chunk, check=check and lo == 0)
+            return self._grads(chunk, target)
+        return cached_rows(len(batch), batch.ids, compute, self.cache_chunk, cache=cache, bar=bar)
+
+    def _dot(self, test: dict, train: dict) -> torch.Tensor:
+        """Per-checkpoint gradient dot products ``(n_test, n_train)``."""
+        if not self.fast:
+            return _matmul_t(test["g"], train["g"], self.device)
+        ee = _matmul_t(test["e"], train["e"], self.device)
+        if not self.use_weight:
+            return ee
+        aa = _matmul_t(test["a"], train["a"], self.device)
+        return ee * (aa + 1.0) if self.use_bias else ee * aa
+
+    def _sq_norms(self, rows: dict) -> torch.Tensor:
+        if not self.fast:
+            return rows["g"].pow(2).sum(1)
+        ee = rows["e"].pow(2).sum(1)
+        if not self.use_weight:
+            return ee
+        aa = rows["a"].pow(2).sum(1)
+        return ee * (aa + 1.0) if self.use_bias else ee * aa
+
+    # ------------------------------------------------------------------ public interface
+    def fit(self, train) -> "TracInCP":
+        """Compute (or load from the cache) the train rows at every checkpoint; returns ``self``."""
+        batch = as_batch(self.model, train)
+        if len(batch) == 0:
+            raise EmptyDatasetError("TracInCP.fit got no training examples")
+        if len(torch.unique(batch.ids)) != len(batch):
+            raise ValueError("training example ids must be unique")
+        rows = []
+        total = len(batch) * len(self.checkpoints)
+        with _progress(total=total, desc="TracInCP train rows", disable=not self.progress,
+                       leave=False) as bar:
+            for ck in self.checkpoints:
+                cache = None
+                if self.cache_dir is not None:
+                    cache = GradientCache(self.cache_dir / ck.path.stem, self._stamp(ck, batch))
+                rows.append(self._rows_for(batch, ck, target=None, check=True, cache=cache, bar=bar))
+        self._train, self._rows = batch, rows
+        return self
+
+    def _check_fitted(self):
+        if self._train is None:
+            raise NotFittedError("call TracInCP.fit(train) before asking for scores")
+
+    @property
+    def train_ids(self) -> torch.Tensor:
+        """Stable ids of the training examples, in the column order of :meth:`scores`."""
+        self._check_fitted()
+        return self._train.ids.clone()
+
+    def scores(self, test) -> torch.Tensor:
+        """TracInCP scores ``(n_test, n_train)``; positive = proponent, negative = opponent."""
+        self._check_fitted()
+        batch = as_batch(self.model, test)
+        sign = -1.0 if self.target.higher_is_better else 1.0
+        out = torch.zeros(len(batch), len(self._train), dtype=torch.float32)
+        n = len(batch)
+        with _progress(total=n * len(self.checkpoints), desc="TracInCP scores",
+                       disable=not self.progress, leave=False) as bar:
+            for ck, w, train_rows in zip(self.checkpoints, self.weights, self._rows):
+                ck.load_into(self.model)
+                # test rows are computed once per checkpoint, a chunk at a time, and dotted with
+                # all stored train rows right away (memory: one chunk of test rows)
+                for lo in range(0, n, self.cache_chunk):
+                    hi = min(n, lo + self.cache_chunk)
+                    chunk = batch[torch.arange(lo, hi)]
+                    rows = self._factors(chunk) if self.fast else self._grads(chunk, self.target)
+                    out[lo:hi].add_(self._dot(rows, train_rows), alpha=sign * w)
+                    bar.update(hi - lo)
+        return out
+
+    def self_influence(self) -> torch.Tensor:
+        """``sum_i eta_i |grad l(w_i, z)|^2`` for every training example ``(n_train,)``, >= 0."""
+        self._check_fitted()
+        out = torch.zeros(len(self._train), dtype=torch.float32)
+        for w, rows in zip(self.weights, self._rows):
+            out.add_(self._sq_norms(rows), alpha=w)
+        return out
+
+    def top_k(self, test, k: int = 5) -> dict:
+        """The ``k`` strongest proponents and opponents of every test example.
+
+        Returns a dict of tensors: ``test_ids`` (n_test,), ``proponents`` / ``opponents`` (ids,
+        (n_test, k)), ``proponent_scores`` (descending) / ``opponent_scores`` (ascending, most
+        negative first)."""
+        batch = as_batch(self.model, test)
+        s = self.scores(batch)
+        k = min(int(k), s.shape[1])
+        ids = self._train.ids
+        hi = s.topk(k, dim=1, largest=True)
+        lo = s.topk(k, dim=1, largest=False)
+        return {"test_ids": batch.ids.clone(), "proponents": ids[hi.indices], "proponent_scores": hi.values,
+                "opponents": ids[lo.indices], "opponent_scores": lo.values}
+
+    @classmethod
+    def from_run(cls, run_dir, **kwargs) -> "TracInCP":
+        """TracInCP over every checkpoint of a run folder, with the run's own model."""
+        model, cks = load_run(run_dir, checkpoint=None)
+        return cls(model, cks, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"TracInCP(params={self.params!r}, checkpoints={len(self.checkpoints)}, "
+                f"fast_last_layer={self.fast}, projector={self.projector!r}, "
+                f"lr_weighting={self.lr_weighting!r})")
