@@ -6,13 +6,31 @@
 * :class:`GradientCache` (``repro.influence.cache``): stamped, resumable on-disk gradient rows.
 * :class:`TracInCP` (``repro.influence.tracin``): TracIn over checkpoints, last-layer fast path,
   self-influence, proponents/opponents.
+* :class:`InfluenceFunction` (``repro.influence.ifunc``) over ``repro.influence.hessian`` (HVPs of the
+  training objective with weight decay; LiSSA, exact and CG inverse-HVP solvers).
+* :class:`FastIF` (``repro.influence.fastif``): kNN candidates + small-batch LiSSA + parallel s_test.
+* :class:`TurnOverInfluence` (``repro.influence.turnover``): turn-over dropout influence.
+* Last-layer baselines (``repro.influence.lastlayer``): exact-Hessian influence, representer points.
+
+Sign convention everywhere: **positive = helpful / proponent** (training on the example lowers the
+test loss). ``InfluenceFunction.paper_influence`` gives Koh & Liang's / FastIF's sign (negative =
+helpful).
 """
 from repro.influence.cache import GradientCache, file_fingerprint, ids_fingerprint
 from repro.influence.grads import (Target, batch_grad, choose_method, flat_params, grad_dim,
                                    param_names, per_example_grads, resolve_target, unflatten)
 from repro.influence.projection import Projector
 from repro.influence.tracin import NotFittedError, TracInCP, resolve_checkpoints
+from repro.influence.hessian import (LissaConfig, LissaDivergedError, TrainingObjective, WeightDecay,
+                                     conjugate_gradient, exact_ihvp, lissa)
+from repro.influence.ifunc import SOLVERS, InfluenceFunction
+from repro.influence.fastif import FastIF, FastIFResult, KNNIndex, compute_features, faiss_available, knn_recall
+from repro.influence.lastlayer import LastLayerInfluence, RepresenterPoints
+from repro.influence.turnover import TurnOverInfluence
 
-__all__ = ["GradientCache", "NotFittedError", "Projector", "Target", "TracInCP", "batch_grad",
+__all__ = ["FastIF", "FastIFResult", "InfluenceFunction", "KNNIndex", "LastLayerInfluence", "LissaConfig",
+           "LissaDivergedError", "RepresenterPoints", "SOLVERS", "TrainingObjective", "TurnOverInfluence",
+           "WeightDecay", "compute_features", "conjugate_gradient", "exact_ihvp", "faiss_available",
+           "knn_recall", "lissa", "GradientCache", "NotFittedError", "Projector", "Target", "TracInCP", "batch_grad",
            "choose_method", "file_fingerprint", "flat_params", "grad_dim", "ids_fingerprint",
            "param_names", "per_example_grads", "resolve_checkpoints", "resolve_target", "unflatten"]

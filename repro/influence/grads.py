@@ -73,24 +73,29 @@ class Target:
         return self.fn(logits, labels)
 
 
+def _f32(logits):
+    """Half-precision logits are promoted to float32; float32/float64 keep their precision."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def _ce(logits, labels):
-    return F.cross_entropy(logits.float(), labels, reduction="none")
+    return F.cross_entropy(_f32(logits), labels, reduction="none")
 
 
 def _label_logit(logits, labels):
-    return logits.float().gather(1, labels.view(-1, 1)).squeeze(1)
+    return _f32(logits).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
 def _label_log_prob(logits, labels):
-    return torch.log_softmax(logits.float(), 1).gather(1, labels.view(-1, 1)).squeeze(1)
+    return torch.log_softmax(_f32(logits), 1).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
 def _label_prob(logits, labels):
-    return torch.softmax(logits.float(), 1).gather(1, labels.view(-1, 1)).squeeze(1)
+    return torch.softmax(_f32(logits), 1).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
 def _margin(logits, labels):
-    lg = logits.float()
+    lg = _f32(logits)
     own = lg.gather(1, labels.view(-1, 1)).squeeze(1)
     others = lg.masked_fill(F.one_hot(labels, lg.shape[1]).bool(), float("-inf"))
     return own - others.max(1).values
