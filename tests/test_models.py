@@ -1,5 +1,4 @@
 """Models: architecture options, tokenizer check, freezing, parameter groups, label checks."""
-import numpy as np
 import pytest
 import torch
 

@@ -215,8 +215,13 @@ class Batch:
         for start in range(0, n, batch_size):
             yield self[order[start:start + batch_size]]
 
-    def exclude(self, ids) -> "Batch":
+    def exclude(self, ids, strict: bool = True) -> "Batch":
+        """All rows except those with the given ids (ids not in the batch raise KeyError when strict)."""
         ids = torch.from_numpy(_id_array(ids))
+        if strict:
+            missing = ids[~torch.isin(ids, self.ids.cpu())]
+            if len(missing):
+                raise KeyError(f"{len(missing)} id(s) not in the batch: {missing[:10].tolist()}")
         keep = ~torch.isin(self.ids, ids)
         if not bool(keep.any()):
             raise EmptyDatasetError("removing the given ids leaves the batch empty")

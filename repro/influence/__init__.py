@@ -9,6 +9,8 @@
 * :class:`InfluenceFunction` (``repro.influence.ifunc``) over ``repro.influence.hessian`` (HVPs of the
   training objective with weight decay; LiSSA, exact and CG inverse-HVP solvers).
 * :class:`FastIF` (``repro.influence.fastif``): kNN candidates + small-batch LiSSA + parallel s_test.
+* :class:`TracInWE` (``repro.influence.tracin_we``): TracIn on word-embedding rows of shared tokens
+  (sparse), top-k variant, word-level attributions; ``cancellation_ratio``.
 * :class:`TurnOverInfluence` (``repro.influence.turnover``): turn-over dropout influence.
 * Last-layer baselines (``repro.influence.lastlayer``): exact-Hessian influence, representer points.
 
@@ -27,8 +29,11 @@ from repro.influence.ifunc import SOLVERS, InfluenceFunction
 from repro.influence.fastif import FastIF, FastIFResult, KNNIndex, compute_features, faiss_available, knn_recall
 from repro.influence.lastlayer import LastLayerInfluence, RepresenterPoints
 from repro.influence.turnover import TurnOverInfluence
+from repro.influence.tracin_we import (TokenGrads, TracInWE, cancellation_ratio, cancellation_ratio_from_grads,
+                                       position_grads, sparse_dot, token_grads, word_embedding_module)
 
-__all__ = ["FastIF", "FastIFResult", "InfluenceFunction", "KNNIndex", "LastLayerInfluence", "LissaConfig",
+__all__ = ["TokenGrads", "TracInWE", "cancellation_ratio", "cancellation_ratio_from_grads", "position_grads",
+           "sparse_dot", "token_grads", "word_embedding_module", "FastIF", "FastIFResult", "InfluenceFunction", "KNNIndex", "LastLayerInfluence", "LissaConfig",
            "LissaDivergedError", "RepresenterPoints", "SOLVERS", "TrainingObjective", "TurnOverInfluence",
            "WeightDecay", "compute_features", "conjugate_gradient", "exact_ihvp", "faiss_available",
            "knn_recall", "lissa", "GradientCache", "NotFittedError", "Projector", "Target", "TracInCP", "batch_grad",

@@ -219,7 +219,7 @@ def default_chunk_size(d: int, method: str) -> int:
     return max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(1, 8 * d)))
 
 
-class _EvalState:
+class EvalState:
     """Context: eval mode, chosen params require grad (others not); restores both on exit."""
 
     def __init__(self, model, names: Sequence[str], set_requires_grad: bool):
@@ -339,7 +339,7 @@ def per_example_grads(model, batch, params="all", target=None, method: str = "au
     bar = _progress(starts, total=len(starts), desc=f"per-example grads ({method})",
                     disable=not progress, leave=False)
     use = method
-    with _EvalState(model, names, set_requires_grad=True):
+    with EvalState(model, names, set_requires_grad=True):
         for s in bar:
             chunk = batch[torch.arange(s, min(n, s + chunk_size))].to(dev)
             if use == "vmap":
@@ -375,7 +375,7 @@ def batch_grad(model, batch, params="all", target=None, batch_size: int = 64, de
     chosen = [params_[k] for k in names]
     total = [torch.zeros_like(p, dtype=torch.float32) for p in chosen]
     n = len(batch)
-    with _EvalState(model, names, set_requires_grad=True):
+    with EvalState(model, names, set_requires_grad=True):
         for mb in _progress(batch.batches(batch_size), total=math.ceil(n / batch_size),
                             desc="batch grad", disable=not progress, leave=False):
             mb = mb.to(dev)

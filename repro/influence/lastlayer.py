@@ -39,7 +39,7 @@ def features_and_logits(model, data, batch_size: int = 256, device="auto") -> tu
     return torch.cat(feats), torch.cat(logits), batch
 
 
-def _errors(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def softmax_errors(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """dL/dlogits = softmax - onehot, per example."""
     return logits.softmax(1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
 
@@ -79,7 +79,7 @@ class LastLayerInfluence:
         self.damping = damping
         eye = torch.eye(H.shape[0], dtype=H.dtype)
         self._chol = torch.linalg.cholesky(H + damping * eye)
-        self.train_grads = _grads(self.feats, _errors(self.logits, self.labels), self.bias)
+        self.train_grads = _grads(self.feats, softmax_errors(self.logits, self.labels), self.bias)
 
     def _logits(self, feats):
         out = feats @ self.W.T
@@ -91,7 +91,7 @@ class LastLayerInfluence:
 
     def test_grads(self, test) -> torch.Tensor:
         feats, _, batch = features_and_logits(self.model, test)
-        return _grads(feats, _errors(self._logits(feats), batch.labels), self.bias)
+        return _grads(feats, softmax_errors(self._logits(feats), batch.labels), self.bias)
 
     def scores(self, test) -> torch.Tensor:
         """(n_test, n_train); positive = helpful (the negative of Koh & Liang's I_up,loss)."""
@@ -133,7 +133,7 @@ class RepresenterPoints:
         opt.step(closure)
         self.W = W.detach()
         n = len(f)
-        self.alpha = -_errors(f @ self.W.T, y) / (2 * lam * n)  # (n, C)
+        self.alpha = -softmax_errors(f @ self.W.T, y) / (2 * lam * n)  # (n, C)
         self.stationarity = float((self.alpha.T @ f - self.W).abs().max())  # 0 at the optimum
 
     def scores(self, test, classes=None) -> torch.Tensor:

@@ -43,6 +43,8 @@ class ReproModel(nn.Module):
             if group == "trainable":
                 return [n for n, p in self.named_parameters() if p.requires_grad]
             prefixes = self.group_prefixes()
+            if group not in prefixes and group in names:  # a single parameter name
+                return [group]
             if group not in prefixes:
                 raise UnknownNameError(
                     f"unknown parameter group {group!r}; known: all, trainable, {', '.join(prefixes)}")
