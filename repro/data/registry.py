@@ -145,7 +145,7 @@ def _load_offline(name: str, split: str) -> Dataset:
 def hans_dataset(frame, split: str, name: str = "hans") -> TextDataset:
     """Wrap a HANS(-style) frame (premise, hypothesis, label, heuristic, subcase, ...) as a dataset."""
     return TextDataset(
-        name=name, split=split, ids=frame["id"].to_numpy(np.int64), labels=frame["label"].to_numpy(np.int64),
+        name=name, split=split, ids=np.array(frame["id"], dtype=np.int64), labels=np.array(frame["label"], dtype=np.int64),
         classes=NLI2, texts=frame["premise"].to_numpy(object), pairs=frame["hypothesis"].to_numpy(object),
         extra={k: frame[k].to_numpy() for k in ("heuristic", "subcase", "template") if k in frame})
 
