@@ -212,7 +212,9 @@ class Trainer:
             eval: optional held-out data, evaluated after every epoch.
             exclude_ids: train on everything except these example ids (removal experiments); ids not
                 in the training set raise KeyError.
-            resume: continue from ``run_dir/state`` if it holds an earlier, identical run.
+            resume: continue from ``run_dir/state`` if it holds an earlier, identical run (a run with
+                another configuration raises ConfigMismatchError); ``False``: start over, deleting
+                what the folder held.
             until_epoch: stop after this epoch (as if interrupted); a later ``fit`` resumes.
         """
         t0 = time.perf_counter()
@@ -307,6 +309,10 @@ class Trainer:
     def _prepare_run_dir(self, record: dict, opt, sched, resume: bool) -> tuple[int, list]:
         run_json = self.run_dir / "run.json"
         state_meta = self.run_dir / "state" / "last.json"
+        if run_json.exists() and not resume:  # start over: forget the earlier run in this folder
+            for p in list((self.run_dir / "checkpoints").glob("*")) + list((self.run_dir / "state").glob("*")):
+                p.unlink()
+            run_json.unlink()
         if run_json.exists():
             old = json.loads(run_json.read_text())
             if old != record:
@@ -314,7 +320,7 @@ class Trainer:
                 raise ConfigMismatchError(
                     f"{self.run_dir} holds a run with another {', '.join(diff)}; use a new run_dir "
                     "or delete the old one")
-            if resume and state_meta.exists():
+            if state_meta.exists():
                 meta = json.loads(state_meta.read_text())
                 self.model.load_state_dict(load_file(str(self.run_dir / "state" / "last.safetensors")))
                 st = torch.load(self.run_dir / "state" / "last-optim.pt", weights_only=True,
@@ -322,9 +328,6 @@ class Trainer:
                 opt.load_state_dict(st["optimizer"])
                 sched.load_state_dict(st["scheduler"])
                 return int(meta["epoch"]), list(meta["history"])
-            # not resuming: start over in the same folder
-            for p in (self.run_dir / "checkpoints").glob("*"):
-                p.unlink()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_json, record)
         return 0, []

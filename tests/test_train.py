@@ -117,6 +117,9 @@ def test_bad_inputs_raise_named_errors(tmp_path, fashion):
         list_checkpoints(tmp_path / "r")[0].load_into(other)
     with pytest.raises(ConfigMismatchError, match="config"):  # same folder, other hyperparameters
         Trainer(vgg(**VGG, seed=0), small_cfg(epochs=1, lr=0.1), tmp_path / "r").fit(small)
+    # resume=False starts over in the folder, whatever it held
+    Trainer(vgg(**VGG, seed=0), small_cfg(epochs=1, lr=0.1), tmp_path / "r").fit(small, resume=False)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["lr"] == 0.1
     with pytest.raises(NonFiniteLossError, match="epoch 1"):
         Trainer(vgg(**VGG, seed=0), small_cfg(epochs=1, lr=1e30, momentum=0.0)).fit(train)
     with pytest.raises(TypeError):
