@@ -53,12 +53,7 @@ def build(seed):
 CFG = TrainConfig(epochs=60, batch_size=66, lr=0.05, optimizer="adamw", device="cpu", progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ PARAMS = ["fc", "classifier"]  # the VGG head: hidden 16 -> d = 1,210
 WD = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

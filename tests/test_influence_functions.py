@@ -19,13 +19,7 @@ from repro.influence.hessian import (LissaConfig, LissaDivergedError, TrainingOb
 from repro.influence.ifunc import InfluenceFunction, NotFittedError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: one thread is much faster than two contended ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits(classes, n_train, seed=0):

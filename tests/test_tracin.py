@@ -45,15 +45,7 @@ def close(a, b, rtol=1e-4):
     torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * scale)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Single-threaded torch for this module: the many tiny per-example ops of these tests are
-    slowed down 10-100x by 2-thread spin-waiting when the 2 cores are shared with other processes.
-    The numbers do not depend on it; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from repro.models import text_classifier
 from repro.train import TrainConfig, Trainer, list_checkpoints
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Single-threaded torch (many tiny ops; the 2 cores are shared). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

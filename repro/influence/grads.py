@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro.data.core import Batch, Dataset
-from repro.errors import UnknownNameError
+from repro.errors import EmptyDatasetError, UnknownNameError
 from repro.utils import progress as _progress
 from repro.utils import resolve_device
 
@@ -184,6 +184,16 @@ def as_batch(model, data) -> Batch:
     if isinstance(data, Dataset):
         return model.encode(data)
     raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
+
+
+def train_batch(model, data, who: str) -> Batch:
+    """``data`` as a Batch, checked to be a usable training set (non-empty, unique ids)."""
+    batch = as_batch(model, data)
+    if len(batch) == 0:
+        raise EmptyDatasetError(f"{who}.fit got no training examples")
+    if len(torch.unique(batch.ids)) != len(batch):
+        raise ValueError("training example ids must be unique")
+    return batch
 
 
 def _model_device(model) -> torch.device:

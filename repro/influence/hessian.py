@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from torch import nn
 
 from repro.data.core import Batch
 from repro.errors import ReproError, UnknownNameError
-from repro.influence.grads import as_batch, param_names, resolve_target
+from repro.influence.grads import EvalState, as_batch, param_names, resolve_target
 from repro.utils import progress as _progress
 
 __all__ = ["WeightDecay", "TrainingObjective", "LissaConfig", "LissaDivergedError", "lissa",
@@ -120,27 +120,6 @@ class WeightDecay:
 
 
 # ---------------------------------------------------------------------------- objective
-class _Differentiable:
-    """Context: eval mode; exactly the chosen parameters require grad. Restores both on exit."""
-
-    def __init__(self, model: nn.Module, names: Iterable[str]):
-        self.model, self.names = model, set(names)
-
-    def __enter__(self):
-        self.training = self.model.training
-        self.flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
-        self.model.eval()
-        for n, p in self.model.named_parameters():
-            p.requires_grad_(n in self.names)
-        return self
-
-    def __exit__(self, *exc):
-        for n, p in self.model.named_parameters():
-            p.requires_grad_(self.flags[n])
-        self.model.train(self.training)
-        return False
-
-
 def _ce_keep_precision(logits, labels):
     # cross-entropy in float32, or in float64 for float64 models (exact tests need the precision)
     if logits.dtype != torch.float64:
@@ -205,8 +184,9 @@ class TrainingObjective:
     def n(self) -> int:
         return len(self.train)
 
-    def differentiable(self) -> _Differentiable:
-        return _Differentiable(self.model, self.names)
+    def differentiable(self) -> EvalState:
+        """Context: eval mode, exactly the chosen parameters require grad (restored on exit)."""
+        return EvalState(self.model, self.names, set_requires_grad=True)
 
     def _flat(self, gs) -> torch.Tensor:
         return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)

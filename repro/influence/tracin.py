@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from repro.data.core import Batch
-from repro.errors import CheckpointError, EmptyDatasetError, ReproError
+from repro.errors import CheckpointError, ReproError
 from repro.influence.cache import GradientCache, cached_rows, file_fingerprint, ids_fingerprint
-from repro.influence.grads import as_batch, grad_dim, param_names, per_example_grads, resolve_target
+from repro.influence.grads import as_batch, grad_dim, param_names, per_example_grads, resolve_target, train_batch
 from repro.train import Checkpoint, list_checkpoints, load_run
 from repro.utils import progress as _progress
 from repro.utils import resolve_device
@@ -35,7 +35,7 @@ from repro.utils import resolve_device
 __all__ = ["TracInCP", "NotFittedError", "resolve_checkpoints"]
 
 
-from repro.errors import NotFittedError  # noqa: E402  (re-exported: estimators import it from here)
+from repro.errors import NotFittedError  # noqa: E402,F401  (re-exported: estimators import it from here)
 
 
 def resolve_checkpoints(checkpoints) -> list[Checkpoint]:
@@ -254,11 +254,7 @@ class TracInCP:
     # ------------------------------------------------------------------ public interface
     def fit(self, train) -> "TracInCP":
         """Compute (or load from the cache) the train rows at every checkpoint; returns ``self``."""
-        batch = as_batch(self.model, train)
-        if len(batch) == 0:
-            raise EmptyDatasetError("TracInCP.fit got no training examples")
-        if len(torch.unique(batch.ids)) != len(batch):
-            raise ValueError("training example ids must be unique")
+        batch = train_batch(self.model, train, "TracInCP")
         rows = []
         total = len(batch) * len(self.checkpoints)
         with _progress(total=total, desc="TracInCP train rows", disable=not self.progress,

@@ -46,7 +46,7 @@ from torch import nn
 
 from repro.data.core import Batch, Dataset
 from repro.errors import EmptyDatasetError, ReproError
-from repro.influence.grads import (EvalState, as_batch, param_names, per_example_grads,
+from repro.influence.grads import (EvalState, as_batch, train_batch, param_names, per_example_grads,
                                    resolve_target)
 from repro.influence.tracin import NotFittedError, resolve_checkpoints
 from repro.utils import progress as _progress
@@ -408,11 +408,7 @@ class TracInWE:
     # ------------------------------------------------------------------ public interface
     def fit(self, train) -> "TracInWE":
         """Sparse embedding-gradient rows of every training example at every checkpoint."""
-        batch = as_batch(self.model, train)
-        if len(batch) == 0:
-            raise EmptyDatasetError("TracInWE.fit got no training examples")
-        if len(torch.unique(batch.ids)) != len(batch):
-            raise ValueError("training example ids must be unique")
+        batch = train_batch(self.model, train, "TracInWE")
         rows = []
         for ck, _ in _progress(self._steps(), desc="TracIn-WE train rows", disable=not self.progress,
                                leave=False):
