@@ -32,7 +32,9 @@ test-fast: $(STAMP)
 
 ## speed benchmarks (scripts, not tests)
 bench: $(STAMP)
-	$(PY) benchmarks/bench_train.py
+	mkdir -p results/benchmarks
+	for b in train.csv influence.csv turnover.csv tracin_we.json fastif.csv; do \
+	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench_$${b%.*}.py --out results/benchmarks/$$b || exit 1; done
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
