@@ -47,7 +47,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
 def test_profiles_resolve_and_reject_unknown_parameters():
     smoke = profiles.resolve("quickstart", "smoke")
     cpu = profiles.resolve("quickstart", "cpu", {"seed": 3})
-    assert smoke["profile"] == "smoke" and cpu["seed"] == 3 and cpu["vgg_n_train"] > smoke["vgg_n_train"]
+    assert smoke["profile"] == "smoke" and cpu["seed"] == 3 and cpu["text_n_train"] > smoke["text_n_train"] and cpu["vgg_n_train"] is None
     assert set(profiles.profiles("quickstart")) == {"smoke", "cpu", "gpu", "paper"}
     with pytest.raises(UnknownNameError, match="vgg_epochz"):
         profiles.resolve("quickstart", "cpu", {"vgg_epochz": 3})
