@@ -185,7 +185,9 @@ grid.pivot(index="depth", columns="batch_size", values="rel_error")
 # For each heuristic: 10 anchors from the anchor part; FastIF scores the k nearest candidates of the
 # anchors' mean feature against the anchors' mean loss; one SGD step (lr `fix_lr`, trainable
 # parameters only) on the 10 most helpful — or most harmful, or 10 random — points; repeated
-# `fix_steps` times; accuracy on the held-out HANS-style test part after every step.
+# `fix_steps` times; accuracy on the held-out HANS-style test part after every step. On CPU the
+# NLI candidate pool is the first `fix_pool_n` training pairs (the kNN index is rebuilt every step,
+# since the model changes).
 
 # %%
 def make_scorer(pool):
@@ -199,7 +201,8 @@ def make_scorer(pool):
 
 fix_kw = dict(steps=p["fix_steps"], anchors_per_step=p["fix_anchors"], per_step=p["fix_per_step"], lr=p["fix_lr"])
 runs = []
-for pool_name, pool in ((p["nli_data"] + " training set", train), ("HANS-style training split (unseen)", hans_pool)):
+nli_pool = train if p["fix_pool_n"] is None else train.subset(slice(0, p["fix_pool_n"]))
+for pool_name, pool in ((p["nli_data"] + " training set", nli_pool), ("HANS-style training split (unseen)", hans_pool)):
     r = correction_experiment(model, pool, anchors, hans_test, make_scorer(pool), p["fix_heuristics"],
                               replicas=p["fix_replicas"], **fix_kw)
     runs.append(r.assign(pool=pool_name))
