@@ -306,6 +306,17 @@ def _vmap_chunk(model, chunk: Batch, names, target: Target) -> torch.Tensor:
     return torch.cat([g[k].reshape(n, -1).float() for k in names], 1)
 
 
+def _prepare(model, batch, params, target, device):
+    """Common set-up: the batch, parameter names, target, and the device (the model is moved there)."""
+    batch = as_batch(model, batch)
+    names = param_names(model, params)
+    tgt = resolve_target(target)
+    dev = _model_device(model) if device is None else resolve_device(device)
+    if _model_device(model) != dev:
+        model.to(dev)
+    return batch, names, tgt, dev
+
+
 def per_example_grads(model, batch, params="all", target=None, method: str = "auto",
                       chunk_size: int | None = None, projector=None, device=None,
                       progress: bool = False, out_device="cpu") -> torch.Tensor:
@@ -331,12 +342,7 @@ def per_example_grads(model, batch, params="all", target=None, method: str = "au
         float32 tensor ``(n, d)`` (``d = grad_dim(model, params)``, or ``projector.dim_out``), rows
         in batch order, columns in the order of the parameter names.
     """
-    batch = as_batch(model, batch)
-    names = param_names(model, params)
-    tgt = resolve_target(target)
-    dev = _model_device(model) if device is None else resolve_device(device)
-    if _model_device(model) != dev:
-        model.to(dev)
+    batch, names, tgt, dev = _prepare(model, batch, params, target, device)
     method = choose_method(model, dev, method, names)
     d = grad_dim(model, names)
     if projector is not None and projector.dim_in != d:
@@ -375,12 +381,7 @@ def batch_grad(model, batch, params="all", target=None, batch_size: int = 64, de
     Same conventions as :func:`per_example_grads` (eval mode, no turn-over ids, other parameters
     fixed), computed with ordinary autograd over mini-batches of ``batch_size`` (each weighted by
     its size)."""
-    batch = as_batch(model, batch)
-    names = param_names(model, params)
-    tgt = resolve_target(target)
-    dev = _model_device(model) if device is None else resolve_device(device)
-    if _model_device(model) != dev:
-        model.to(dev)
+    batch, names, tgt, dev = _prepare(model, batch, params, target, device)
     params_ = dict(model.named_parameters())
     chosen = [params_[k] for k in names]
     total = [torch.zeros_like(p, dtype=torch.float32) for p in chosen]

@@ -38,6 +38,17 @@ __all__ = ["TracInCP", "NotFittedError", "resolve_checkpoints"]
 from repro.errors import NotFittedError  # noqa: E402,F401  (re-exported: estimators import it from here)
 
 
+def proponents_opponents(scores: torch.Tensor, train_ids: torch.Tensor, test_ids: torch.Tensor, k: int) -> dict:
+    """The ``k`` largest (proponents) and smallest (opponents) scores of every row, as ids and scores:
+    ``test_ids``, ``proponents``, ``proponent_scores`` (descending), ``opponents``,
+    ``opponent_scores`` (ascending, most negative first)."""
+    k = min(int(k), scores.shape[1])
+    hi = scores.topk(k, dim=1, largest=True)
+    lo = scores.topk(k, dim=1, largest=False)
+    return {"test_ids": test_ids.clone(), "proponents": train_ids[hi.indices], "proponent_scores": hi.values,
+            "opponents": train_ids[lo.indices], "opponent_scores": lo.values}
+
+
 def resolve_checkpoints(checkpoints) -> list[Checkpoint]:
     """A run folder (str/Path, read with :func:`repro.train.list_checkpoints`), one Checkpoint, or
     a list of them, as a non-empty list in the given order."""
@@ -313,13 +324,7 @@ class TracInCP:
         (n_test, k)), ``proponent_scores`` (descending) / ``opponent_scores`` (ascending, most
         negative first)."""
         batch = as_batch(self.model, test)
-        s = self.scores(batch)
-        k = min(int(k), s.shape[1])
-        ids = self._train.ids
-        hi = s.topk(k, dim=1, largest=True)
-        lo = s.topk(k, dim=1, largest=False)
-        return {"test_ids": batch.ids.clone(), "proponents": ids[hi.indices], "proponent_scores": hi.values,
-                "opponents": ids[lo.indices], "opponent_scores": lo.values}
+        return proponents_opponents(self.scores(batch), self._train.ids, batch.ids, k)
 
     @classmethod
     def from_run(cls, run_dir, **kwargs) -> "TracInCP":

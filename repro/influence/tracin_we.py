@@ -48,7 +48,7 @@ from repro.data.core import Batch, Dataset
 from repro.errors import EmptyDatasetError, ReproError
 from repro.influence.grads import (EvalState, as_batch, train_batch, param_names, per_example_grads,
                                    resolve_target)
-from repro.influence.tracin import NotFittedError, resolve_checkpoints
+from repro.influence.tracin import NotFittedError, proponents_opponents, resolve_checkpoints
 from repro.utils import progress as _progress
 from repro.utils import resolve_device
 
@@ -456,13 +456,7 @@ class TracInWE:
         :meth:`repro.influence.TracInCP.top_k`: ``test_ids``, ``proponents``, ``proponent_scores``,
         ``opponents``, ``opponent_scores``)."""
         batch = as_batch(self.model, test)
-        s = self.scores(batch)
-        k = min(int(k), s.shape[1])
-        ids = self._train.ids
-        hi = s.topk(k, dim=1, largest=True)
-        lo = s.topk(k, dim=1, largest=False)
-        return {"test_ids": batch.ids.clone(), "proponents": ids[hi.indices], "proponent_scores": hi.values,
-                "opponents": ids[lo.indices], "opponent_scores": lo.values}
+        return proponents_opponents(self.scores(batch), self._train.ids, batch.ids, k)
 
     def token_contributions(self, test_example, train_example) -> dict[int, float]:
         """``{token id: sum_i eta_i g_i(z', w) . g_i(z, w)}`` over the shared (counted) tokens of a
