@@ -6,7 +6,8 @@ SNLI), measured side by side in one process:
 * training: examples/s of forward + backward + optimizer step with :class:`repro.train.Trainer`
   (2 epochs, the run's checkpoints feed TracInCP below);
 * per-example gradients (``repro.influence.per_example_grads``): examples/s for the last layer,
-  the word embeddings (text only) and all parameters, with ``vmap`` and with the ``loop``;
+  the word embeddings (text only) and all parameters, with ``hooks`` (where it applies), ``vmap``
+  and the ``loop``;
 * TracInCP: train examples x checkpoints per second of ``fit`` and test examples x checkpoints
   per second of ``scores``, for the last-layer fast path and for all parameters.
 
@@ -86,7 +87,11 @@ def bench_model(name, model, train_ds, test_ds, cfg, grad_sizes, tracin_sizes, d
         # ---- per-example gradients
         for params, n in grad_sizes.items():
             auto = choose_method(model, device, "auto", model.param_group(params))
-            for method in ("vmap", "loop"):
+            for method in ("hooks", "vmap", "loop"):
+                try:
+                    choose_method(model, device, method, model.param_group(params))
+                except ValueError:  # hooks: no closed form for these parameters
+                    continue
                 sub = batch[torch.arange(min(n, len(batch)))]
                 _, secs = _timed(lambda: per_example_grads(model, sub, params, method=method, device=device))
                 r = _row(name, "per-example grads", params, method + (" (auto)" if method == auto else ""),

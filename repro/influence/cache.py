@@ -156,4 +156,4 @@ def cached_rows(n: int, ids: torch.Tensor, compute: Callable[[int, int], dict[st
             parts.setdefault(k, []).append(v)
         if bar is not None:
             bar.update(hi - lo)
-    return {k: torch.cat(v) for k, v in parts.items()}
+    return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()}

@@ -13,19 +13,27 @@ Conventions:
   ``model.training`` flag and ``requires_grad`` flags are restored afterwards.
 * Only the chosen parameters are differentiated; the other parameters and the buffers are held
   fixed. Frozen parameters (``requires_grad=False``) can still be chosen.
-* Two methods give the same numbers (up to float rounding):
+* Three methods give the same numbers (up to float rounding):
 
+  - ``"hooks"``: one batched forward and one backward per chunk; forward hooks keep each chosen
+    module's input and output, the backward gives the gradient w.r.t. every output, and the
+    per-example parameter gradients follow in closed form (``nn.Linear``: ``g^T a`` per example;
+    ``nn.Conv2d``: the same with unfolded input patches; BatchNorm in eval mode and LayerNorm:
+    ``sum g * x_hat`` and ``sum g``). Applies when every chosen parameter is the weight or bias of
+    such a module and each of those modules runs once per forward pass. About the cost of one
+    training step per chunk (the same identity captum's ``sample_wise_grads_per_batch`` and Opacus
+    use; ``benchmarks/bench_tracin_peers.py`` measures it);
   - ``"vmap"``: ``torch.func.functional_call`` + ``vmap(grad(f))`` over chunks of examples;
   - ``"loop"``: one forward/backward per example with ``torch.autograd.grad`` (text examples are
     trimmed to their own length).
 
-  ``"auto"`` picks the loop when a differentiated parameter belongs to an ``nn.Conv2d`` and the
-  device is the CPU (vmap over convolution weights materialises per-example weight gradients through
-  grouped convolutions, reported 3-9x slower on CPU; see ``benchmarks/bench_influence.py`` for the
-  numbers on your machine) and vmap otherwise (e.g. the last layer of a VGG: its convolutions are
-  only run forward, which vmap batches like an ordinary forward pass);
-  when vmap raises (an op without a batching rule, data-dependent control flow) it falls back to
-  the loop with a warning.
+  ``"auto"`` picks ``"hooks"`` when it applies (e.g. every parameter of the VGG, or the last
+  layers of the text classifier, but not its word embeddings), else the loop when a differentiated
+  parameter belongs to an ``nn.Conv2d`` and the device is the CPU (vmap over convolution weights
+  materialises per-example weight gradients through grouped convolutions, reported 3-9x slower on
+  CPU) and vmap otherwise. When hooks find a module run twice (shared weights) or an input changed
+  in place, and when vmap raises (an op without a batching rule, data-dependent control flow), the
+  engine falls back to vmap / the loop with a warning.
 * Text batches: ``batch[idx]`` trims padding columns to the chunk's longest example; under vmap the
   shorter examples of a chunk stay padded and the attention mask keeps padding out of the result.
 """
@@ -49,7 +57,7 @@ __all__ = ["Target", "resolve_target", "per_example_grads", "batch_grad", "grad_
            "param_names", "flat_params", "unflatten", "choose_method", "default_chunk_size",
            "as_batch", "METHODS"]
 
-METHODS = ("auto", "vmap", "loop")
+METHODS = ("auto", "hooks", "vmap", "loop")
 # default memory budget for one chunk of gradient rows (before projection)
 _CHUNK_BYTES = 256 * 2**20
 _MAX_CHUNK = 64
@@ -203,13 +211,25 @@ def _model_device(model) -> torch.device:
 
 
 def choose_method(model, device, method: str = "auto", names: Sequence[str] | None = None) -> str:
-    """``"loop"`` when a differentiated parameter belongs to an ``nn.Conv2d`` and the device is the
-    CPU, else ``"vmap"`` (see module doc). Convolutions that are only run forward (e.g. for the last
-    layer) do not count: vmap batches them like an ordinary forward pass."""
+    """``"hooks"`` when every chosen parameter belongs to a module with a closed-form per-example
+    gradient (see module doc); else ``"loop"`` when a differentiated parameter belongs to an
+    ``nn.Conv2d`` and the device is the CPU, else ``"vmap"``. Convolutions that are only run forward
+    (e.g. for the last layer) do not count: vmap batches them like an ordinary forward pass."""
     if method not in METHODS:
         raise UnknownNameError(f"unknown method {method!r}; use one of {METHODS}")
+    if method == "hooks" and hook_modules(model, names) is None:
+        raise ValueError("method='hooks' needs every chosen parameter to be the weight or bias of an "
+                         "nn.Linear, nn.Conv2d (zero padding), BatchNorm (eval mode, running "
+                         "statistics) or nn.LayerNorm; use 'auto', 'vmap' or 'loop'")
     if method != "auto":
         return method
+    if hook_modules(model, names) is not None:
+        return "hooks"
+    return _without_hooks(model, device, names)
+
+
+def _without_hooks(model, device, names) -> str:
+    """The loop for differentiated convolutions on the CPU, else vmap."""
     if torch.device(device).type != "cpu":
         return "vmap"
     chosen = None if names is None else set(names)
@@ -223,7 +243,7 @@ def choose_method(model, device, method: str = "auto", names: Sequence[str] | No
 
 def default_chunk_size(d: int, method: str) -> int:
     """Examples per chunk: bounded by a 256 MiB budget for the chunk's gradient rows."""
-    if method == "loop":
+    if method in ("loop", "hooks"):
         return max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(1, 4 * d)))
     # vmap also keeps per-example copies of intermediate gradients: keep a margin of 2
     return max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(1, 8 * d)))
@@ -306,6 +326,127 @@ def _vmap_chunk(model, chunk: Batch, names, target: Target) -> torch.Tensor:
     return torch.cat([g[k].reshape(n, -1).float() for k in names], 1)
 
 
+# ---------------------------------------------------------------------------- hooks
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _hookable(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Linear):
+        return True
+    if isinstance(mod, nn.Conv2d):
+        return mod.padding_mode == "zeros" and not isinstance(mod.padding, str)
+    if isinstance(mod, _NORMS):
+        # eval mode must normalise with running statistics (checked again at run time)
+        return mod.track_running_stats and mod.running_mean is not None
+    return isinstance(mod, nn.LayerNorm)
+
+
+def hook_modules(model, names: Sequence[str] | None) -> dict[str, nn.Module] | None:
+    """The modules owning the chosen parameters (``{module name: module}``) when the ``"hooks"``
+    method applies to all of them, else None."""
+    chosen = set(n for n, _ in model.named_parameters()) if names is None else set(names)
+    owners: dict[str, nn.Module] = {}
+    covered = set()
+    for mod_name, mod in model.named_modules():
+        own = {f"{mod_name}.{n}" if mod_name else n: n for n, _ in mod.named_parameters(recurse=False)}
+        hit = chosen.intersection(own)
+        if not hit:
+            continue
+        if not _hookable(mod) or any(own[h] not in ("weight", "bias") for h in hit):
+            return None
+        owners[mod_name] = mod
+        covered |= hit
+    return owners if owners and covered == chosen else None
+
+
+class _HookFallback(RuntimeError):
+    """The hooks method does not apply to this forward pass (module reused, input changed)."""
+
+
+def _per_example_param_grads(mod: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-example gradients of ``mod``'s weight and bias from its input ``a`` and the gradient
+    ``g`` of the summed target w.r.t. its output (both with the example dimension first)."""
+    n = a.shape[0]
+    out = {}
+    if isinstance(mod, nn.Linear):
+        a3, g3 = a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
+        out["weight"] = torch.bmm(g3.transpose(1, 2), a3)
+        out["bias"] = g3.sum(1)
+    elif isinstance(mod, nn.Conv2d):
+        if mod.groups != 1:
+            raise _HookFallback("grouped convolution")
+        cols = F.unfold(a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding,
+                        stride=mod.stride)                       # (n, C_in*kh*kw, L)
+        g3 = g.reshape(n, g.shape[1], -1)                        # (n, C_out, L)
+        out["weight"] = torch.bmm(g3, cols.transpose(1, 2)).reshape(n, *mod.weight.shape)
+        out["bias"] = g3.sum(2)
+    elif isinstance(mod, _NORMS):
+        if mod.training:
+            raise _HookFallback("BatchNorm in training mode")
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        x_hat = (a - mod.running_mean.view(shape)) * torch.rsqrt(mod.running_var.view(shape) + mod.eps)
+        dims = list(range(2, a.dim()))
+        out["weight"] = (g * x_hat).sum(dims) if dims else g * x_hat
+        out["bias"] = g.sum(dims) if dims else g
+    else:  # LayerNorm
+        k = len(mod.normalized_shape)
+        x_hat = F.layer_norm(a, mod.normalized_shape, None, None, mod.eps)
+        lead = list(range(1, a.dim() - k))
+        out["weight"] = (g * x_hat).sum(lead) if lead else g * x_hat
+        out["bias"] = g.sum(lead) if lead else g
+    return out
+
+
+def _hooks_chunk(model, chunk: Batch, names, target: Target, owners: dict[str, nn.Module],
+                 dest: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example gradient rows of one chunk with one batched forward + backward (see module doc),
+    written into ``dest`` ``(n, d)`` when given."""
+    seen: dict[str, tuple] = {}
+
+    def make_hook(mod_name):
+        def hook(mod, inputs, output):
+            if mod_name in seen:
+                raise _HookFallback(f"module {mod_name!r} runs more than once per forward pass")
+            a = inputs[0]
+            seen[mod_name] = (a.detach(), a._version, output)
+            return output.clone()  # later in-place ops act on the copy, not on the kept output
+        return hook
+
+    handles = [mod.register_forward_hook(make_hook(name)) for name, mod in owners.items()]
+    try:
+        with torch.enable_grad():
+            logits = model(**chunk.inputs)
+            value = target(logits, chunk.labels).sum()
+            order = list(owners)
+            missing = [m for m in order if m not in seen]
+            if missing:
+                raise _HookFallback(f"modules {missing} did not run")
+            outs = [seen[m][2] for m in order]
+            gouts = torch.autograd.grad(value, outs, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(chunk)
+    params = dict(model.named_parameters())
+    offsets, start = {}, 0
+    for k in names:
+        offsets[k] = (start, start + params[k].numel())
+        start += params[k].numel()
+    if dest is None:
+        dest = torch.empty((n, start), dtype=torch.float32, device=value.device)
+    for m, gout in zip(order, gouts):
+        a, version, out = seen[m]
+        if a._version != version:
+            raise _HookFallback(f"the input of {m!r} was changed in place")
+        gout = torch.zeros_like(out) if gout is None else gout
+        for pname, grad in _per_example_param_grads(owners[m], a, gout.detach()).items():
+            key = f"{m}.{pname}" if m else pname
+            if key in offsets:  # written straight into the rows (no concatenation copy)
+                lo, hi = offsets[key]
+                dest[:, lo:hi] = grad.reshape(n, -1)
+    return dest
+
+
 def _prepare(model, batch, params, target, device):
     """Common set-up: the batch, parameter names, target, and the device (the model is moved there)."""
     batch = as_batch(model, batch)
@@ -355,9 +496,22 @@ def per_example_grads(model, batch, params="all", target=None, method: str = "au
     bar = _progress(starts, total=len(starts), desc=f"per-example grads ({method})",
                     disable=not progress, leave=False)
     use = method
+    owners = hook_modules(model, names) if method == "hooks" else None
     with EvalState(model, names, set_requires_grad=True):
         for s in bar:
             chunk = batch[torch.arange(s, min(n, s + chunk_size))].to(dev)
+            if use == "hooks":
+                direct = projector is None and torch.device(out_device) == dev
+                try:
+                    g = _hooks_chunk(model, chunk, names, tgt, owners,
+                                     dest=out[s:s + len(chunk)] if direct else None)
+                    if direct:
+                        continue
+                except _HookFallback as e:
+                    use = _without_hooks(model, dev, names)
+                    warnings.warn(f"per-example gradients with hooks do not apply to "
+                                  f"{type(model).__name__} ({e}); falling back to {use}",
+                                  RuntimeWarning, stacklevel=2)
             if use == "vmap":
                 try:
                     g = _vmap_chunk(model, chunk, names, tgt)
