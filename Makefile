@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PROFILE ?= cpu
 
-.PHONY: setup reproduce test test-fast bench lab data
+.PHONY: setup reproduce test test-fast bench bench-throughput lab data
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -30,11 +30,26 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -q -m "not notebook"
 
-## speed benchmarks (scripts, not tests)
+## benchmarks (scripts, not tests): ours vs captum / dattri side by side, cost vs the physical floor,
+## FastIF vs full influence, throughput. Installs the peers (the [bench] extra) into .venv first.
+## About 15 minutes on 2 CPU cores; tables -> results/benchmarks/ (see results/benchmarks/README.md)
+BENCH_OUT ?= results/benchmarks
 bench: $(STAMP)
-	mkdir -p results/benchmarks
-	for b in train.csv influence.csv turnover.csv tracin_we.json fastif.csv; do \
-	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench_$${b%.*}.py --out results/benchmarks/$$b || exit 1; done
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	mkdir -p $(BENCH_OUT)
+	export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; set -e; \
+	$(PY) benchmarks/bench_tracin_peers.py --out $(BENCH_OUT)/tracin_peers.csv; \
+	$(PY) benchmarks/bench_lissa_peers.py --out $(BENCH_OUT)/lissa_peers.csv; \
+	$(PY) benchmarks/bench_tracin_we.py --threads 1 --out $(BENCH_OUT)/tracin_we.json; \
+	$(PY) benchmarks/bench_fastif.py --threads 1 --out $(BENCH_OUT)/fastif.csv; \
+	$(PY) benchmarks/bench_influence.py --threads 1 --out $(BENCH_OUT)/influence.csv
+
+## the slower throughput tables (training / turn-over), not part of `make bench`
+bench-throughput: $(STAMP)
+	mkdir -p $(BENCH_OUT)
+	export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; set -e; \
+	$(PY) benchmarks/bench_train.py --out $(BENCH_OUT)/train.csv; \
+	$(PY) benchmarks/bench_turnover.py --out $(BENCH_OUT)/turnover.csv
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
