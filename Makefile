@@ -41,13 +41,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tracin_peers.py --out $(BENCH_OUT)/tracin_peers.csv; \
 	$(PY) benchmarks/bench_lissa_peers.py --out $(BENCH_OUT)/lissa_peers.csv; \
 	$(PY) benchmarks/bench_tracin_we.py --threads 1 --out $(BENCH_OUT)/tracin_we.json; \
-	$(PY) benchmarks/bench_fastif.py --threads 1 --out $(BENCH_OUT)/fastif.csv; \
-	$(PY) benchmarks/bench_influence.py --threads 1 --out $(BENCH_OUT)/influence.csv
+	$(PY) benchmarks/bench_fastif.py --threads 1 --out $(BENCH_OUT)/fastif.csv
 
-## the slower throughput tables (training / turn-over), not part of `make bench`
+## throughput tables (gradient engine methods, training, turn-over), not part of `make bench`
 bench-throughput: $(STAMP)
 	mkdir -p $(BENCH_OUT)
 	export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; set -e; \
+	$(PY) benchmarks/bench_influence.py --threads 1 --out $(BENCH_OUT)/influence.csv; \
 	$(PY) benchmarks/bench_train.py --out $(BENCH_OUT)/train.csv; \
 	$(PY) benchmarks/bench_turnover.py --out $(BENCH_OUT)/turnover.csv
 

@@ -169,6 +169,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeat", type=int, default=1, help="best of this many timed runs")
+    ap.add_argument("--dattri-max-all", type=int, default=128,
+                    help="largest n_train for dattri's all-parameter rows (40x slower than ours)")
     ap.add_argument("--skip", default="", help="comma-separated: captum,dattri,captum_batched")
     args = ap.parse_args(argv)
     require_peer("captum")
@@ -232,7 +234,7 @@ def main(argv=None):
             peer_fns = {}
             if "captum" not in skip:
                 peer_fns["captum TracInCP (loop)"] = lambda: peers.captum_tracincp(x, y, Xt, Yt)
-            if "dattri" not in skip:
+            if "dattri" not in skip and n <= args.dattri_max_all:
                 peer_fns["dattri TracIn (vmap)"] = lambda: peers.dattri_tracin(x, y, Xt, Yt)
             print(f"all parameters, n_train={n}", flush=True)
             compare("all", "all", n, ours("all", n), peer_fns, len(cks) * fb)
