@@ -149,17 +149,6 @@ class _Shared(nn.Module):
         return self.out(torch.tanh(self.lin(torch.tanh(self.lin(x)))))
 
 
-def test_hooks_fall_back_when_they_do_not_apply():
-    from repro.data import Batch
-
-    torch.manual_seed(0)
-    model = _Shared()
-    b = Batch({"x": torch.randn(5, 4)}, torch.tensor([0, 1, 2, 0, 1]), torch.arange(5))
-    with pytest.warns(RuntimeWarning, match="hooks do not apply"):
-        got = per_example_grads(model, b, "all", method="hooks")
-    assert_close(got, brute_force(model, b, [n for n, _ in model.named_parameters()]))
-
-
 def test_hooks_layernorm_batchnorm1d_and_strided_conv():
     """Closed forms for LayerNorm over (T, d) inputs, BatchNorm1d, and a strided, dilated,
     padded convolution, against one autograd call per example."""
@@ -202,14 +191,18 @@ class _ControlFlow(nn.Module):
         return h
 
 
-def test_vmap_failure_falls_back_to_loop():
+@pytest.mark.parametrize("model_cls, method, match", [
+    (_ControlFlow, "vmap", "falling back to the per-example loop"),
+    (_Shared, "hooks", "hooks do not apply"),
+])
+def test_method_failure_falls_back(model_cls, method, match):
     from repro.data import Batch
 
     torch.manual_seed(0)
-    model = _ControlFlow()
+    model = model_cls()
     b = Batch({"x": torch.randn(5, 4)}, torch.tensor([0, 1, 2, 0, 1]), torch.arange(5))
-    with pytest.warns(RuntimeWarning, match="falling back"):
-        got = per_example_grads(model, b, "all", method="vmap")
+    with pytest.warns(RuntimeWarning, match=match):
+        got = per_example_grads(model, b, "all", method=method)
     assert_close(got, brute_force(model, b, [n for n, _ in model.named_parameters()]))
 
 
