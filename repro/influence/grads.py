@@ -427,13 +427,11 @@ def _hooks_chunk(model, chunk: Batch, names, target: Target, owners: dict[str, n
         for h in handles:
             h.remove()
     n = len(chunk)
-    params = dict(model.named_parameters())
-    offsets, start = {}, 0
-    for k in names:
-        offsets[k] = (start, start + params[k].numel())
-        start += params[k].numel()
     if dest is None:
-        dest = torch.empty((n, start), dtype=torch.float32, device=value.device)
+        dest = torch.empty((n, grad_dim(model, names)), dtype=torch.float32, device=value.device)
+    # per-parameter views into the rows (splitting a row's last dimension never copies), so each
+    # gradient is written in place: no concatenation copy
+    views = unflatten(dest, model, names)
     for m, gout in zip(order, gouts):
         a, version, out = seen[m]
         if a._version != version:
@@ -441,9 +439,8 @@ def _hooks_chunk(model, chunk: Batch, names, target: Target, owners: dict[str, n
         gout = torch.zeros_like(out) if gout is None else gout
         for pname, grad in _per_example_param_grads(owners[m], a, gout.detach()).items():
             key = f"{m}.{pname}" if m else pname
-            if key in offsets:  # written straight into the rows (no concatenation copy)
-                lo, hi = offsets[key]
-                dest[:, lo:hi] = grad.reshape(n, -1)
+            if key in views:
+                views[key].copy_(grad)
     return dest
 
 
