@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from common import format_table, timed
 from repro.data import load
 from repro.influence import TracInCP, per_example_grads
 from repro.influence.grads import choose_method
@@ -46,14 +47,9 @@ REPEAT = 2
 
 
 def _timed(fn, repeat=None):
-    """Result and the best wall time of ``repeat`` runs (the first run pays one-off costs: oneDNN
-    primitive creation per shape, lazy imports, allocator growth)."""
-    best, out = float("inf"), None
-    for _ in range(repeat or REPEAT):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
+    """Result and the best wall time of ``repeat`` (default ``--repeat``) runs (the first run pays
+    one-off costs: oneDNN primitive creation per shape, lazy imports, allocator growth)."""
+    return timed(fn, repeat or REPEAT)
 
 
 def _row(model, task, params, method, n, seconds, unit, train_tput=None):
@@ -119,16 +115,6 @@ def bench_model(name, model, train_ds, test_ds, cfg, grad_sizes, tracin_sizes, d
     return rows
 
 
-def format_table(rows) -> str:
-    cols = ["model", "task", "params", "method", "n", "seconds", "throughput", "unit", "vs_train"]
-    cells = [[str(r[c]) if r[c] is not None else "" for c in cols] for r in rows]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(x.ljust(w) for x, w in zip(cell, widths)) for cell in cells]
-    return "\n".join(out)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="write the table as .csv or .json")
@@ -174,7 +160,8 @@ def main(argv=None):
     env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["total_seconds"] = round(time.perf_counter() - t_start, 1)
     print()
-    print(format_table(rows))
+    print(format_table(rows, ["model", "task", "params", "method", "n", "seconds", "throughput", "unit",
+                              "vs_train"]))
     print(f"\n(total {env['total_seconds']} s; load average start {env['loadavg_start']}, "
           f"end {env['loadavg_end']})")
     if args.out:

@@ -131,7 +131,6 @@ About 2.5 minutes on one CPU thread with the defaults. Needs dattri: ``pip insta
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import tempfile
 import time
@@ -142,7 +141,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # dattri's per-batch progress bars
 import torch
 import torch.nn.functional as F
 
-from common import agreement, finish, require_peer, run_environment, timed
+from common import (PeerCheckpoints, agreement, finish, image_tensors, loader, peer_copy, require_peer,
+                    run_environment, timed)
 from repro.data import load
 from repro.influence import InfluenceFunction
 from repro.influence.hessian import TrainingObjective
@@ -156,11 +156,6 @@ SETS = {
 }
 EXACT_MAX_DIM = 20_000  # explicit Hessian (d^2 float64) up to this size, else CG
 CG_TOL = 1e-6  # CG stops at ||r|| <= CG_TOL ||v|| for every test vector
-
-
-def _tensors(model, ds, device):
-    b = model.encode(ds)
-    return b.inputs["pixel_values"].to(device), b.labels.to(device)
 
 
 def top_eigenvalue(matvec, dim, iters=30, seed=0, dtype=torch.float32, device="cpu") -> float:
@@ -220,10 +215,7 @@ class Dattri:
                 self.s_test = out
                 return out
 
-        model = copy.deepcopy(self.model).to(self.device).eval()
-        if freeze_rest:
-            for n, p in model.named_parameters():
-                p.requires_grad_(n in names)
+        model = peer_copy(self.model, self.device, keep=list(names) if freeze_rest else None)
 
         def loss_func(params, data):
             # gradients: one example with its own batch dim of 1; Hessian: a (batch_size, ...)
@@ -232,20 +224,14 @@ class Dattri:
             out = torch.func.functional_call(model, params, (image,))
             return F.cross_entropy(out, label.long())
 
-        def load_state(m, ck):
-            ck.load_into(m)
-            return m.eval()
-
         torch.manual_seed(seed)
         task = AttributionTask(loss_func=loss_func, model=model, checkpoints=[self.ck],
-                               checkpoints_load_func=load_state)
+                               checkpoints_load_func=PeerCheckpoints.dattri_load)
         att = KeepIHVP(task, layer_name=list(names), device=str(self.device), batch_size=batch_size,
                        num_repeat=repetitions, recursion_depth=depth, damping=damp, scaling=scale)
-        one = lambda a, b: torch.utils.data.DataLoader(  # noqa: E731  everything in ONE batch
-            torch.utils.data.TensorDataset(a, b), batch_size=len(a), shuffle=False)
-        att.cache(one(x, y))
+        att.cache(loader(x, y))  # everything in ONE batch (see the module doc)
         n_attr = len(x) if n_attr is None else n_attr
-        scores = att.attribute(one(x[:n_attr], y[:n_attr]), one(xt, yt))
+        scores = att.attribute(loader(x[:n_attr], y[:n_attr]), loader(xt, yt))
         if att.calls != 1:
             raise RuntimeError(f"dattri ran LiSSA {att.calls} times (expected once)")
         return scores.T.detach().cpu(), att.s_test.detach().cpu(), att.ihvp_seconds
@@ -297,8 +283,8 @@ def main(argv=None):
         ck.load_into(model)
         model = model.to(device).eval()
         print(f"trained VGG-11 w0.25 on {args.n_train} images in {res.wall_time_s:.1f} s", flush=True)
-        X, Y = _tensors(model, train, device)
-        Xt, Yt = _tensors(model, test, device)
+        X, Y = image_tensors(model, train, device)
+        Xt, Yt = image_tensors(model, test, device)
         peer = Dattri(model, ck, device)
 
         for key in sets:

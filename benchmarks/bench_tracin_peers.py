@@ -44,18 +44,14 @@ import torch.nn.functional as F
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the peers' progress bars (tqdm >= 4.66 reads this)
 
-from common import agreement, finish, require_peer, run_environment, timed
+from common import (PeerCheckpoints, agreement, dattri_tracin, finish, image_tensors, loader,
+                    peer_copy, require_peer, run_environment, timed)
 from repro.data import load
 from repro.influence import TracInCP
 from repro.influence.grads import choose_method, param_names
 from repro.models import vgg
 from repro.train import TrainConfig, Trainer, list_checkpoints
 from repro.utils import resolve_device
-
-
-def _tensors(model, ds, device):
-    b = model.encode(ds)
-    return b.inputs["pixel_values"].to(device), b.labels.to(device)
 
 
 def _patch_captum_view():
@@ -72,72 +68,47 @@ def _patch_captum_view():
 
 class Peers:
     """The captum / dattri set-up for one model and checkpoint list (their own conventions: a
-    checkpoint-loading function that returns the learning rate, data as (x, y) tuples)."""
+    checkpoint-loading function, data as (x, y) tuples)."""
 
     def __init__(self, model, checkpoints, device):
-        self.model, self.cks, self.device = model, checkpoints, device
-        self.by_path = {str(c.path): c for c in checkpoints}
-        self.paths = [str(c.path) for c in checkpoints]
-
-    def load_lr(self, model, path):
-        """captum's ``checkpoints_load_func``: load the weights, return the learning rate."""
-        ck = self.by_path[str(path)]
-        ck.load_into(model)
-        model.eval()
-        return ck.lr
+        self.model, self.cks, self.device = model, list(checkpoints), device
+        self.loader = PeerCheckpoints(self.cks)
 
     def captum_tracincp(self, x, y, xt, yt, layers=None, batched=False, batch_size=64):
         from captum.influence import TracInCP as CaptumTracInCP
 
         if batched:
             _patch_captum_view()
-
-        model = copy.deepcopy(self.model).to(self.device).eval()
         loss = torch.nn.CrossEntropyLoss(reduction="sum" if batched else "none")
-        t = CaptumTracInCP(model, torch.utils.data.TensorDataset(x, y), self.paths,
-                           checkpoints_load_func=self.load_lr, layers=layers, loss_fn=loss,
-                           batch_size=batch_size, sample_wise_grads_per_batch=batched)
+        t = CaptumTracInCP(peer_copy(self.model, self.device), torch.utils.data.TensorDataset(x, y),
+                           self.loader.paths, checkpoints_load_func=self.loader.captum_load,
+                           layers=layers, loss_fn=loss, batch_size=batch_size,
+                           sample_wise_grads_per_batch=batched)
         return t.influence((xt, yt))
 
     def captum_fast(self, x, y, xt, yt, batch_size=512):
         from captum.influence import TracInCPFast
 
-        model = copy.deepcopy(self.model).to(self.device).eval()
-        t = TracInCPFast(model, "classifier", torch.utils.data.TensorDataset(x, y), self.paths,
-                         checkpoints_load_func=self.load_lr,
+        t = TracInCPFast(peer_copy(self.model, self.device), "classifier",
+                         torch.utils.data.TensorDataset(x, y), self.loader.paths,
+                         checkpoints_load_func=self.loader.captum_load,
                          loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"), batch_size=batch_size)
         return t.influence((xt, yt))
 
     def dattri_tracin(self, x, y, xt, yt, layer_name=None, batch_size=64):
-        from dattri.algorithm.tracin import TracInAttributor
         from dattri.task import AttributionTask
 
-        model = copy.deepcopy(self.model).to(self.device).eval()
-        if layer_name is not None:
-            # dattri's layer_name alone still differentiates (and re-flattens) every parameter of
-            # the model, which made the last-layer rows take minutes per checkpoint; dattri keeps
-            # only parameters that require grad, so freezing the others gives the same scores
-            # (checked below by the agreement columns) at a fraction of the cost
-            for n, p in model.named_parameters():
-                p.requires_grad_(n in layer_name)
+        model = peer_copy(self.model, self.device, keep=layer_name)
 
-        def loss_func(params, data):
+        def loss_func(params, data):  # one example (dattri vmaps over the batch)
             image, label = data
             out = torch.func.functional_call(model, params, (image.unsqueeze(0),))
             return F.cross_entropy(out, label.unsqueeze(0))
 
-        def load_state(m, ck):
-            ck.load_into(m)
-            return m.eval()
-
-        task = AttributionTask(loss_func=loss_func, model=model, checkpoints=list(self.cks),
-                               checkpoints_load_func=load_state)
-        att = TracInAttributor(task, weight_list=torch.tensor([c.lr for c in self.cks]),
-                               normalized_grad=False, layer_name=layer_name, device=str(self.device))
-        att.projector_kwargs = None  # exact scores (dattri projects to 512 dims by default)
-        dl = lambda a, b: torch.utils.data.DataLoader(  # noqa: E731
-            torch.utils.data.TensorDataset(a, b), batch_size=batch_size, shuffle=False)
-        return att.attribute(dl(x, y), dl(xt, yt)).T  # dattri: (n_train, n_test)
+        task = AttributionTask(loss_func=loss_func, model=model, checkpoints=self.cks,
+                               checkpoints_load_func=PeerCheckpoints.dattri_load)
+        return dattri_tracin(task, [c.lr for c in self.cks], layer_name, self.device,
+                             loader(x, y, batch_size=batch_size), loader(xt, yt, batch_size=batch_size))
 
 
 def epoch_time(model, x, y, backward: bool, batch_size: int) -> float:
@@ -196,8 +167,8 @@ def main(argv=None):
               f"{res.wall_time_s:.1f} s; lr per checkpoint {[c.lr for c in cks]}", flush=True)
         cks[-1].load_into(model)
         model = model.to(device).eval()
-        X, Y = _tensors(model, train, device)
-        Xt, Yt = _tensors(model, test, device)
+        X, Y = image_tensors(model, train, device)
+        Xt, Yt = image_tensors(model, test, device)
         peers = Peers(model, cks, device)
         conv_linear = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         cl_params = [n for n in param_names(model, "all") if n.rsplit(".", 1)[0] in conv_linear]

@@ -62,7 +62,6 @@ none). A shared machine makes the numbers noisy (the load average is printed).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -73,7 +72,8 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from common import agreement, format_table, peer_version, timed_peak
+from common import (PeerCheckpoints, agreement, dattri_tracin, format_table, loader, peer_copy,
+                    peer_version, timed_peak)
 from repro.data import load
 from repro.influence import TracInCP, per_example_grads
 from repro.influence.tracin_we import TracInWE, word_embedding_module
@@ -83,11 +83,6 @@ from repro.utils import resolve_device
 
 MB = 2 ** 20
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def timed(device, fn):
-    """``(result, seconds, peak MB)`` of ``fn()`` (see :func:`common.timed_peak`)."""
-    return timed_peak(fn, device)
 
 
 def _embedding_names(model) -> tuple[str, str]:
@@ -112,25 +107,19 @@ class DensePeers:
     list (their own conventions: a loader returning the learning rate, data as positional tuples)."""
 
     def __init__(self, model, checkpoints, device, lr: float = 1.0):
+        # learning rate 1 for captum, as ``TracInWE(lr_weighting=False)`` weighs the checkpoint
         self.model, self.cks, self.device, self.lr = model, list(checkpoints), device, lr
-        self.by_path = {str(c.path): c for c in self.cks}
+        self.loader = PeerCheckpoints(self.cks, lr=lr)
         self.module_name, self.weight_name = _embedding_names(model)
-
-    def load_lr(self, model, path):
-        """captum's ``checkpoints_load_func``: load the weights, return the learning rate (1, as
-        ``TracInWE(lr_weighting=False)`` weighs the checkpoint)."""
-        self.by_path[str(path)].load_into(model)
-        model.eval()
-        return self.lr
 
     def captum(self, train, test):
         from captum.influence import TracInCP as CaptumTracInCP
 
-        model = copy.deepcopy(self.model).to(self.device).eval()
+        model = peer_copy(self.model, self.device)
 
         def run():
-            t = CaptumTracInCP(model, torch.utils.data.TensorDataset(*train), list(self.by_path),
-                               checkpoints_load_func=self.load_lr, layers=[self.module_name],
+            t = CaptumTracInCP(model, torch.utils.data.TensorDataset(*train), self.loader.paths,
+                               checkpoints_load_func=self.loader.captum_load, layers=[self.module_name],
                                loss_fn=torch.nn.CrossEntropyLoss(reduction="none"),
                                batch_size=len(train[-1]))
             return t.influence(test)  # (n_test, n_train)
@@ -156,35 +145,23 @@ class DensePeers:
         """The warm-up of the dattri route: only the vmapped forward of its loss function on the
         first train example (a full dattri call costs minutes here, see the module doc), which is
         where the model fails under ``vmap`` if it does."""
-        model = copy.deepcopy(self.model).to(self.device).eval()
+        model = peer_copy(self.model, self.device)
         loss_func = self._dattri_loss(model, mask4d)
         params = {k: p.detach() for k, p in model.named_parameters()}
         return lambda: torch.func.vmap(loss_func, in_dims=(None, 0))(params, tuple(x[:1] for x in train))
 
     def dattri(self, train, test, mask4d: bool = False):
         """dattri's TracIn restricted to the word-embedding weight, exact (no projection)."""
-        from dattri.algorithm.tracin import TracInAttributor
         from dattri.task import AttributionTask
 
-        model = copy.deepcopy(self.model).to(self.device).eval()
+        model = peer_copy(self.model, self.device)
         loss_func = self._dattri_loss(model, mask4d)
-
-        def load_state(m, ck):
-            ck.load_into(m)
-            return m.eval()
-
-        def dl(data):
-            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data),
-                                               batch_size=len(data[-1]), shuffle=False)
 
         def run():
             task = AttributionTask(loss_func=loss_func, model=model, checkpoints=self.cks,
-                                   checkpoints_load_func=load_state)
-            att = TracInAttributor(task, weight_list=torch.tensor([self.lr] * len(self.cks)),
-                                   normalized_grad=False, layer_name=[self.weight_name],
-                                   device=str(self.device))
-            att.projector_kwargs = None  # exact scores (dattri projects to 512 dims by default)
-            return att.attribute(dl(train), dl(test)).T  # dattri: (n_train, n_test)
+                                   checkpoints_load_func=PeerCheckpoints.dattri_load)
+            return dattri_tracin(task, [self.lr] * len(self.cks), [self.weight_name], self.device,
+                                 loader(*train), loader(*test))
         return run
 
 
@@ -269,8 +246,8 @@ def main(argv=None):
 
         # ---------------- TracIn-WE, sparse
         we = TracInWE(model, ck, lr_weighting=False, exclude_special=False, device=device, progress=False)
-        _, fit_s, fit_mb = timed(device, lambda: we.fit(train))
-        s_sparse, sc_s, sc_mb = timed(device, lambda: we.scores(test))
+        _, fit_s, fit_mb = timed_peak(lambda: we.fit(train), device)
+        s_sparse, sc_s, sc_mb = timed_peak(lambda: we.scores(test), device)
         stored = sum(r.rows.numel() * 4 + r.ex.numel() * 16 for r in we._rows) / MB
         sparse = dict(route="we_sparse", n_train=n_tr, n_test=n_te, fit_s=fit_s, score_s=sc_s,
                       total_s=fit_s + sc_s, peak_MB=max(fit_mb, sc_mb), stored_MB=stored,
@@ -278,8 +255,8 @@ def main(argv=None):
         rows.append(sparse)
         # Top-10 variant
         we10 = TracInWE(model, ck, lr_weighting=False, top_k_tokens=10, device=device, progress=False)
-        _, fit10, mb10 = timed(device, lambda: we10.fit(train))
-        _, sc10, mb10b = timed(device, lambda: we10.scores(test))
+        _, fit10, mb10 = timed_peak(lambda: we10.fit(train), device)
+        _, sc10, mb10b = timed_peak(lambda: we10.scores(test), device)
         rows.append(dict(route="we_sparse_top10", n_train=n_tr, n_test=n_te, fit_s=fit10, score_s=sc10,
                          total_s=fit10 + sc10, peak_MB=max(mb10, mb10b),
                          stored_MB=sum(r.rows.numel() * 4 + r.ex.numel() * 16 for r in we10._rows) / MB,
@@ -287,8 +264,8 @@ def main(argv=None):
 
         # ---------------- TracIn on the last layer (fast path)
         last = TracInCP(model, ck, params="last", lr_weighting=False, device=device, progress=False)
-        _, lfit, lmb = timed(device, lambda: last.fit(train))
-        _, lsc, lmb2 = timed(device, lambda: last.scores(test))
+        _, lfit, lmb = timed_peak(lambda: last.fit(train), device)
+        _, lsc, lmb2 = timed_peak(lambda: last.scores(test), device)
         tracin_last = dict(route="tracin_last", n_train=n_tr, n_test=n_te, fit_s=lfit, score_s=lsc,
                            total_s=lfit + lsc, peak_MB=max(lmb, lmb2),
                            stored_MB=sum(v.numel() * 4 for v in last._rows[0].values()) / MB)
@@ -297,8 +274,8 @@ def main(argv=None):
         # ---------------- ours (sparse) on the dense subset: the baseline of the x_ours columns
         ref = s_sparse[:dt_, :dn]
         we_sub = TracInWE(model, ck, lr_weighting=False, exclude_special=False, device=device, progress=False)
-        _, sfit, smb = timed(device, lambda: we_sub.fit(tr_small))
-        _, ssc, smb2 = timed(device, lambda: we_sub.scores(te_small))
+        _, sfit, smb = timed_peak(lambda: we_sub.fit(tr_small), device)
+        _, ssc, smb2 = timed_peak(lambda: we_sub.scores(te_small), device)
         sub = dict(route="we_sparse_subset", n_train=dn, n_test=dt_, fit_s=sfit, score_s=ssc,
                    total_s=sfit + ssc, peak_MB=max(smb, smb2),
                    stored_MB=sum(r.rows.numel() * 4 + r.ex.numel() * 16 for r in we_sub._rows) / MB,
@@ -319,13 +296,13 @@ def main(argv=None):
                         peak_MB=None, stored_MB=None, x_ours=total / sparse["total_s"])
 
         # ---------------- dense embedding-gradient route (our engine) on a few examples
-        G_tr, dfit, dmb = timed(device, lambda: per_example_grads(model, tr_small, "embeddings", method="loop",
-                                                                  chunk_size=1, device=device))
+        G_tr, dfit, dmb = timed_peak(lambda: per_example_grads(model, tr_small, "embeddings", method="loop",
+                                                                  chunk_size=1, device=device), device)
 
         def dense_scores():
             g_te = per_example_grads(model, te_small, "embeddings", method="loop", chunk_size=1, device=device)
             return g_te @ G_tr.T
-        s_dense, dsc, dmb2 = timed(device, dense_scores)
+        s_dense, dsc, dmb2 = timed_peak(dense_scores, device)
         rel_err = float((s_dense - ref).abs().max() / ref.abs().max())
         per_fit, per_test = dfit / dn, dsc / dt_
         mb_per_row = G_tr.numel() * 4 / dn / MB
@@ -344,7 +321,7 @@ def main(argv=None):
         for route, lib, call in runnable:
             kw = {k: v for k, v in call.items() if k != "name"}
             try:
-                s_peer, secs, mb = timed(device, getattr(peers, call["name"])(*peer_data, **kw))
+                s_peer, secs, mb = timed_peak(getattr(peers, call["name"])(*peer_data, **kw), device)
             except Exception as e:  # noqa: BLE001
                 notes.append(f"{route} ({lib} {peer_version(lib)}) failed, row skipped: {_short(e)}")
                 continue

@@ -5,6 +5,7 @@ results/benchmarks/README.md).
 """
 from __future__ import annotations
 
+import copy
 import csv
 import ctypes
 import gc
@@ -39,6 +40,66 @@ def require_peer(name: str):
     except ImportError:
         raise SystemExit(f"{name} is not installed: run `make bench` or "
                          f"`.venv/bin/pip install -e '.[bench]'` first") from None
+
+
+def image_tensors(model, ds, device):
+    """``(x, y)`` tensors of an image dataset, the positional form the peers take."""
+    b = model.encode(ds)
+    return b.inputs["pixel_values"].to(device), b.labels.to(device)
+
+
+class PeerCheckpoints:
+    """Our checkpoints in the peers' conventions: captum takes file paths and a loading function
+    that returns the learning rate; dattri takes any checkpoint objects and a loading function that
+    returns the model. ``lr``: the learning rate captum gets (default: each checkpoint's own)."""
+
+    def __init__(self, checkpoints, lr: float | None = None):
+        self.checkpoints = list(checkpoints)
+        self.lr = lr
+        self.by_path = {str(c.path): c for c in self.checkpoints}
+        self.paths = list(self.by_path)
+
+    def captum_load(self, model, path):
+        """captum's ``checkpoints_load_func``: load the weights (eval mode), return the lr."""
+        ck = self.by_path[str(path)]
+        ck.load_into(model)
+        model.eval()
+        return ck.lr if self.lr is None else self.lr
+
+    @staticmethod
+    def dattri_load(model, ck):
+        """dattri's ``checkpoints_load_func``: load the weights, return the model in eval mode."""
+        ck.load_into(model)
+        return model.eval()
+
+
+def peer_copy(model, device, keep=None):
+    """A copy of ``model`` for a peer, in eval mode; with ``keep`` (parameter names) every other
+    parameter is frozen. dattri's ``layer_name`` alone still differentiates (and re-flattens) every
+    parameter of the model; dattri keeps only parameters that require grad, so freezing the others
+    gives the same scores (checked by the agreement columns) at a fraction of the cost."""
+    model = copy.deepcopy(model).to(device).eval()
+    if keep is not None:
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in keep)
+    return model
+
+
+def dattri_tracin(task, weights, layer_name, device, train_loader, test_loader) -> torch.Tensor:
+    """dattri's exact TracIn scores ``(n_test, n_train)``: its default random projection to 512
+    dimensions is switched off, and its ``(n_train, n_test)`` result transposed."""
+    from dattri.algorithm.tracin import TracInAttributor
+
+    att = TracInAttributor(task, weight_list=torch.tensor(weights), normalized_grad=False,
+                           layer_name=layer_name, device=str(device))
+    att.projector_kwargs = None
+    return att.attribute(train_loader, test_loader).T
+
+
+def loader(*tensors, batch_size: int | None = None):
+    """An unshuffled DataLoader over tensors (default: everything in one batch)."""
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors),
+                                       batch_size=batch_size or len(tensors[0]), shuffle=False)
 
 
 def timed(fn, repeat: int = 1):
