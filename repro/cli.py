@@ -1,6 +1,7 @@
 """The ``repro`` command: run notebooks with a profile through papermill, list what exists.
 
     repro list                                   notebooks, their profiles, and results present
+    repro claims --profile cpu                   claims + computed verdicts of every result, as markdown
     repro run quickstart --profile cpu           one notebook
     repro run all --profile cpu                  every notebook (what `make reproduce` does)
     repro run quickstart --profile cpu --set vgg_epochs=8 --set seed=1
@@ -82,11 +83,40 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
     return final
 
 
+def print_claims(notebook: str, profile: str, results: Path | None = None) -> int:
+    """Print each result's claims as markdown rows (what results/README.md is made from)."""
+    import json
+
+    from repro.claims import claims_markdown
+
+    root = Path(results or results_root())
+    names = list_notebooks() if notebook == "all" else [notebook]
+    found = 0
+    for nb in names:
+        path = root / nb / profile / "metrics.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        if not record.get("claims"):
+            continue
+        found += 1
+        print(f"### {nb} (`{profile}` profile, commit {str(record.get('git_commit'))[:12]})\n")
+        print(claims_markdown(record["claims"]))
+        print()
+    if not found:
+        raise ReproError(f"no metrics.json with claims under {root}/<notebook>/{profile}/ for {names}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="repro", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="notebooks, profiles and results present")
+    cl = sub.add_parser("claims", help="print the claims (with computed verdicts) of results as markdown")
+    cl.add_argument("notebook", nargs="?", default="all", help="notebook name or 'all' (default)")
+    cl.add_argument("--profile", default="cpu", help="which profile's results (default: cpu)")
+    cl.add_argument("--results", type=Path, help="results root (default: results/ of the checkout)")
     run = sub.add_parser("run", help="run one notebook (or 'all') with a profile")
     run.add_argument("notebook", help="notebook name (e.g. quickstart) or 'all'")
     run.add_argument("--profile", default="cpu", help="smoke | cpu | gpu | paper (default: cpu)")
@@ -106,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 have = sorted(p.parent.name for p in (root / nb).glob("*/metrics.json"))
                 print(f"{nb:26s} profiles: {', '.join(profiles.profiles(nb)):28s} results: {', '.join(have) or '-'}")
             return 0
+        if args.cmd == "claims":
+            return print_claims(args.notebook, args.profile, args.results)
         overrides: dict = {}
         if args.params_file:
             loaded = yaml.safe_load(args.params_file.read_text()) or {}

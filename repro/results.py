@@ -120,12 +120,19 @@ class ResultWriter:
         self.files.append(p.name)
         return p
 
-    def finish(self, metrics: dict, notes: list[str] | None = None) -> Path:
-        """Write ``metrics.json`` (headline numbers + provenance); call once, at the end."""
+    def finish(self, metrics: dict, notes: list[str] | None = None, claims: list[dict] | None = None) -> Path:
+        """Write ``metrics.json`` (headline numbers + provenance); call once, at the end.
+
+        ``claims``: records made by :func:`repro.claims.claim` (verdicts computed from stated
+        criteria); checked here so that a malformed claim fails the run instead of being written."""
+        if claims is not None:
+            from repro.claims import check_claims
+            check_claims(claims)
         record = {
             "notebook": self.notebook,
             "profile": self.profile,
             "metrics": metrics,
+            **({"claims": claims} if claims is not None else {}),
             "params": self.params,
             "notes": notes or [],
             "git_commit": git_commit(),
