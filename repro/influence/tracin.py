@@ -309,13 +309,50 @@ class TracInCP:
                     bar.update(hi - lo)
         return out
 
-    def self_influence(self) -> torch.Tensor:
-        """``sum_i eta_i |grad l(w_i, z)|^2`` for every training example ``(n_train,)``, >= 0."""
-        self._check_fitted()
-        out = torch.zeros(len(self._train), dtype=torch.float32)
-        for w, rows in zip(self.weights, self._rows):
-            out.add_(self._sq_norms(rows), alpha=w)
-        return out
+    def self_influence(self, train=None, per_checkpoint: bool = False) -> torch.Tensor:
+        """``sum_i eta_i |grad l(w_i, z)|^2`` for every training example ``(n_train,)``, >= 0.
+
+        Args:
+            train: ``None`` (default): the examples given to :meth:`fit`, from their stored rows.
+                Data: computed *streaming* from that data without :meth:`fit` (nothing is stored;
+                memory is one chunk of per-example gradients, however many parameters or
+                checkpoints), exactly the same numbers. Use it for self-influence over many
+                parameters, where storing ``n x d`` rows per checkpoint does not fit in memory.
+            per_checkpoint: return ``(n_checkpoints, n_train)``, row ``i`` = ``eta_i |grad l(w_i, z)|^2``
+                (so any subset of checkpoints is a sum of rows; ``.sum(0)`` is the default result).
+        """
+        if train is None:
+            self._check_fitted()
+            per = [self._sq_norms(rows) * w for w, rows in zip(self.weights, self._rows)]
+        else:
+            per = self._stream_sq_norms(train_batch(self.model, train, "TracInCP.self_influence"))
+        per = torch.stack(per) if per else torch.zeros(0)
+        return per if per_checkpoint else per.sum(0)
+
+    def _stream_sq_norms(self, batch: Batch) -> list[torch.Tensor]:
+        n = len(batch)
+        if self.fast:
+            step = self.batch_size or 256
+        else:
+            from repro.influence.grads import choose_method, default_chunk_size
+            method = choose_method(self.model, self.device, self.method, self.names)
+            d = self.projector.dim_out if self.projector is not None else grad_dim(self.model, self.names)
+            step = self.batch_size or default_chunk_size(max(d, grad_dim(self.model, self.names)), method)
+        per = []
+        with _progress(total=n * len(self.checkpoints), desc="TracInCP self-influence",
+                       disable=not self.progress, leave=False) as bar:
+            for first, (ck, w) in enumerate(zip(self.checkpoints, self.weights)):
+                ck.load_into(self.model)
+                out = torch.empty(n, dtype=torch.float32)
+                for lo in range(0, n, step):
+                    hi = min(n, lo + step)
+                    chunk = batch[torch.arange(lo, hi)]
+                    rows = self._factors(chunk, check=first == 0 and lo == 0) if self.fast \
+                        else self._grads(chunk, None)
+                    out[lo:hi] = self._sq_norms(rows) * w
+                    bar.update(hi - lo)
+                per.append(out)
+        return per
 
     def top_k(self, test, k: int = 5) -> dict:
         """The ``k`` strongest proponents and opponents of every test example.
