@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from repro.checks import check_k
 from repro.data.core import Batch
 from repro.errors import ReproError, UnknownNameError
 from repro.influence.grads import as_batch
@@ -214,7 +215,7 @@ class FastIFResult:
         negative) candidates of every row."""
         if kind not in ("helpful", "harmful"):
             raise UnknownNameError(f"kind must be 'helpful' or 'harmful', got {kind!r}")
-        n = min(int(n), self.scores.shape[1])
+        n = min(check_k(n, "n"), self.scores.shape[1])
         t = self.scores.topk(n, dim=1, largest=(kind == "helpful"))
         return self.candidate_ids.gather(1, t.indices), t.values
 
@@ -269,8 +270,7 @@ class FastIF:
                  progress: bool = True):
         if knn_backend not in KNN_BACKENDS:
             raise UnknownNameError(f"unknown kNN backend {knn_backend!r}; use one of {KNN_BACKENDS}")
-        if int(k) < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_k(k)
         if int(workers) < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         base = lissa or LissaConfig(batch_size=1)  # FastIF's fast setting

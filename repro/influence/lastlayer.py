@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from repro.checks import as_finite_float, check_batch
 from repro.data.core import Batch
+from repro.errors import ConvergenceError
 from repro.utils import resolve_device
 
 
@@ -27,6 +29,7 @@ def features_and_logits(model, data, batch_size: int = 256, device="auto") -> tu
     """Penultimate features and logits of every example (eval mode), on the CPU, float64."""
     device = resolve_device(device)
     batch = data if isinstance(data, Batch) else model.encode(data)
+    check_batch(model, batch)
     was = model.training
     model.to(device).eval()
     feats, logits = [], []
@@ -62,6 +65,7 @@ class LastLayerInfluence:
 
     def __init__(self, model, train, damping: float = 1e-3, batch_size: int = 256, device="auto"):
         self.model = model
+        damping = as_finite_float("damping", damping, minimum=0.0)
         self.bias = model.last_layer.bias is not None
         self.feats, logits, self.train = features_and_logits(model, train, batch_size, device)
         self.labels = self.train.labels
@@ -78,7 +82,12 @@ class LastLayerInfluence:
         self.hessian = H
         self.damping = damping
         eye = torch.eye(H.shape[0], dtype=H.dtype)
-        self._chol = torch.linalg.cholesky(H + damping * eye)
+        L, info = torch.linalg.cholesky_ex(H + damping * eye)
+        if int(info) != 0:
+            raise ConvergenceError(f"the last-layer Hessian + damping={damping:g} I is singular or not positive "
+                                   "definite (softmax Hessians are singular along the all-ones direction); "
+                                   "use damping > 0, e.g. 1e-3")
+        self._chol = L
         self.train_grads = _grads(self.feats, softmax_errors(self.logits, self.labels), self.bias)
 
     def _logits(self, feats):
