@@ -8,21 +8,37 @@
     repro run quickstart --params-file sweep.yaml   (a YAML mapping of overrides)
 
 The executed copy is written to ``results/<notebook>/<profile>/<notebook>.ipynb``; the source
-notebook is never overwritten. While running, the copy is ``<notebook>.partial.ipynb``; a failed run
-leaves ``<notebook>.failed.ipynb`` (with the traceback) and exits non-zero.
+notebook is never overwritten.
+
+Every run is isolated and all-or-nothing:
+
+* a lock (``results/<notebook>/.<profile>.lock`` and ``runs/<notebook>/.<profile>.lock``) refuses a
+  second run of the same notebook and profile while one is going (RunLockedError);
+* the notebook writes into a private staging folder ``results/<notebook>/.<profile>.run-<id>/``; only
+  when it finished without error is that folder swapped into place (two renames), so a finished
+  run's files are never mixed with, or partly replaced by, those of another run;
+* a failed or stopped run's folder is moved to ``results/<notebook>/<profile>.failed/`` (executed
+  notebook ``<notebook>.failed.ipynb`` with the traceback, without ``metrics.json``) and the
+  command exits non-zero;
+* SIGINT (Ctrl-C) and SIGTERM stop the run: the kernel is shut down, nothing is moved into place,
+  ``repro run all`` does not go on with the next notebook, and the exit status is 128 + signal.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from repro.errors import ReproError, UnknownNameError
-from repro.results import repo_root, results_root
+from repro.errors import ReproError, RunInterruptedError, RunLockedError, UnknownNameError
+from repro.results import git_commit, repo_root, results_root, runs_root
 
 
 def notebooks_dir() -> Path:
@@ -44,9 +60,115 @@ def parse_value(text: str):
     return yaml.safe_load(text)
 
 
+class RunLock:
+    """Exclusive, non-blocking ``flock`` on one or more lock files, released when the process ends
+    (even when killed). Taking a held lock raises :class:`RunLockedError` naming the holder."""
+
+    def __init__(self, paths: list[Path], what: str):
+        self.paths, self.what, self.files = [Path(p) for p in paths], what, []
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        try:
+            for path in self.paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    f.seek(0)
+                    holder = f.read().strip() or "unknown"
+                    f.close()
+                    raise RunLockedError(
+                        f"{self.what} is already running (lock {path} held by {holder}); wait for it to "
+                        "finish, or run into another folder with --results (and REPRO_RUNS)") from None
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+                f.flush()
+                self.files.append(f)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for f in self.files:
+            f.close()  # closing releases the flock
+        self.files = []
+        return False
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT and SIGTERM raise :class:`RunInterruptedError` in the main thread (a KeyboardInterrupt,
+    which no ``except Exception`` swallows), so papermill shuts the kernel down and the run is
+    discarded; a second signal during that clean-up is ignored. Previous handlers are restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if fired:
+            return
+        fired.append(signum)
+        raise RunInterruptedError(signum, f"stopped by {signal.Signals(signum).name}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _tidy(parent: Path, profile: str) -> None:
+    """Under the lock: finish a swap that a kill interrupted (the finished run's folder was moved
+    aside but the new one not yet into place: put the old one back) and remove staging folders of
+    runs that were killed."""
+    final = parent / profile
+    old = sorted(parent.glob(f".{profile}.old-*"))
+    if not final.exists() and old:
+        os.rename(old[-1], final)
+        old = old[:-1]
+    for p in old + sorted(parent.glob(f".{profile}.run-*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _discard(stage: Path, parent: Path, profile: str, name: str) -> Path:
+    """Move a failed or stopped run's staging folder to ``<profile>.failed/`` without metrics.json."""
+    failed = parent / f"{profile}.failed"
+    (stage / "metrics.json").unlink(missing_ok=True)
+    executed = stage / f"{name}.ipynb"
+    if executed.exists():
+        os.replace(executed, stage / f"{name}.failed.ipynb")
+    if failed.exists():
+        shutil.rmtree(failed)
+    os.rename(stage, failed)
+    return failed
+
+
 def run_notebook(name: str, profile: str, overrides: dict | None = None, results: Path | None = None,
                  kernel: str | None = None, log_output: bool = False) -> Path:
-    """Execute ``notebooks/<name>.ipynb`` with papermill; returns the executed copy's path."""
+    """Execute ``notebooks/<name>.ipynb`` with papermill into a private staging folder and move it
+    into ``results/<name>/<profile>/`` when it succeeded (see the module doc: lock, staging, failed
+    runs, signals); returns the executed copy's path."""
     import papermill as pm
 
     from repro import profiles
@@ -54,31 +176,45 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
     src = notebooks_dir() / f"{name}.ipynb"
     if not src.exists():
         raise UnknownNameError(f"no notebook {name!r}; known: {list_notebooks()}")
-    profiles.resolve(name, profile, overrides)  # fail fast on unknown profile/parameters
+    profiles.resolve(name, profile, overrides)  # fail fast on unknown profile/parameters/types
     results = Path(results or results_root())
-    out_dir = results / name / profile
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / f"{name}.ipynb"
-    partial = out_dir / f"{name}.partial.ipynb"
-    failed = out_dir / f"{name}.failed.ipynb"
-    env_before = os.environ.get("REPRO_RESULTS")
-    os.environ["REPRO_RESULTS"] = str(results.resolve())
-    t0 = time.perf_counter()
-    try:
-        pm.execute_notebook(str(src), str(partial), parameters={"profile": profile, "overrides": overrides or {}},
-                            cwd=str(src.parent), kernel_name=kernel, log_output=log_output, progress_bar=False)
-    except BaseException:
-        if partial.exists():
-            os.replace(partial, failed)
-        raise
-    finally:
-        if env_before is None:
-            os.environ.pop("REPRO_RESULTS", None)
-        else:
-            os.environ["REPRO_RESULTS"] = env_before
-    os.replace(partial, final)
-    if failed.exists():
-        failed.unlink()
+    parent = results / name
+    final_dir = parent / profile
+    locks = [parent / f".{profile}.lock", runs_root() / name / f".{profile}.lock"]
+    with RunLock(locks, f"{name} [{profile}]"), _stop_on_signals():
+        _tidy(parent, profile)
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        stage = parent / f".{profile}.run-{run_id}"
+        stage.mkdir(parents=True)
+        executed = stage / f"{name}.ipynb"
+        env = {"REPRO_RESULTS": str(results.resolve()), "REPRO_STAGE_DIR": str(stage.resolve()),
+               "REPRO_STAGE_TARGET": str(final_dir.resolve()),
+               "REPRO_GIT_COMMIT_START": git_commit() or ""}
+        t0 = time.perf_counter()
+        try:
+            with _environ(env):
+                pm.execute_notebook(str(src), str(executed),
+                                    parameters={"profile": profile, "overrides": overrides or {}},
+                                    cwd=str(src.parent), kernel_name=kernel, log_output=log_output,
+                                    progress_bar=False)
+            if not (stage / "metrics.json").exists():
+                raise ReproError(f"{name} [{profile}] finished without writing metrics.json (did it call "
+                                 "ResultWriter.finish?); its output was not moved into place")
+        except BaseException as e:
+            failed = _discard(stage, parent, profile, name)
+            print(f"repro: {name} [{profile}] {'stopped' if isinstance(e, KeyboardInterrupt) else 'failed'}; "
+                  f"its output (no metrics.json) is in {failed}; {final_dir} was left as it was",
+                  file=sys.stderr, flush=True)
+            raise
+        old = parent / f".{profile}.old-{run_id}"
+        if final_dir.exists():
+            os.rename(final_dir, old)
+        os.rename(stage, final_dir)  # from here on the new run is the result
+        shutil.rmtree(old, ignore_errors=True)
+        stale_failed = parent / f"{profile}.failed"
+        if stale_failed.exists():
+            shutil.rmtree(stale_failed, ignore_errors=True)
+    final = final_dir / f"{name}.ipynb"
     print(f"{name} [{profile}] done in {time.perf_counter() - t0:.0f} s -> {final}", flush=True)
     return final
 
@@ -157,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     except ReproError as e:
         print(f"repro: error: {e}", file=sys.stderr)
         return 2
+    except RunInterruptedError as e:
+        print(f"repro: {e}; the stopped run's results were discarded", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("repro: interrupted; the stopped run's results were discarded", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
