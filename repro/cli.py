@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             key, value = item.split("=", 1)
             overrides[key.strip()] = parse_value(value)
         names = list_notebooks() if args.notebook == "all" else [args.notebook]
+        from repro import profiles
+        for name in names:  # every parameter checked (names, types) before any kernel starts
+            profiles.resolve(name, args.profile, overrides)
         for name in names:
             run_notebook(name, args.profile, overrides,
                          results=args.results, kernel=args.kernel, log_output=args.log_output)
