@@ -11,7 +11,8 @@ class UnknownNameError(ReproError, ValueError):
 
 
 class DataUnavailableError(ReproError, RuntimeError):
-    """The data asked for is neither embedded nor cached, and cannot be downloaded now."""
+    """The data (or model weights) asked for is neither embedded nor cached, and cannot be
+    downloaded now."""
 
 
 class EmptyDatasetError(ReproError, ValueError):

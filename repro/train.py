@@ -19,7 +19,9 @@ epoch) are removed on resume and written again.
 ``list_checkpoints(run_dir)`` returns the checkpoints with their learning rates (what TracInCP
 needs); ``load_run(run_dir)`` rebuilds the model. Training is deterministic given the seed: the
 shuffling order and dropout noise of epoch ``e`` depend only on ``(seed, e)``, so a run resumed from
-its last epoch ends with exactly the weights of an uninterrupted run (on the same device).
+its last epoch ends with exactly the weights of an uninterrupted run (on the same device, with the
+same number of torch threads: float reductions sum in another order on other devices or thread
+counts, so those runs agree only statistically).
 """
 from __future__ import annotations
 
