@@ -45,7 +45,8 @@ from safetensors.torch import load_file, save_file
 from repro.data.core import Batch, Dataset
 from repro.errors import (CheckpointError, ConfigMismatchError, EmptyDatasetError,
                           NonFiniteLossError, UnknownNameError)
-from repro.checks import as_finite_float, as_int, as_positive_int, check_finite_inputs, check_unique_ids
+from repro.checks import (as_finite_float, as_int, as_positive_int, check_finite_inputs, check_label_range,
+                          check_unique_ids)
 from repro.errors import InvalidParameterError, UnsafePathError
 from repro.models import ReproModel, build_model
 from repro.utils import (atomic_write_json, atomic_write_with, fsync_file, progress, resolve_device,
@@ -187,9 +188,17 @@ def _read_sidecar(path: Path) -> dict:
 
 
 def _load_weights(path: Path) -> dict:
-    """A safetensors state dict; a truncated or garbage file raises CheckpointError naming it."""
+    """A safetensors state dict; a truncated or garbage file, or weights holding NaN or inf, raise
+    CheckpointError naming it."""
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"weights file {path} holds NaN or infinite values in {bad[:5]}; the run "
+                                  "diverged or the file is damaged: use an earlier checkpoint or retrain")
+        return state
+    except CheckpointError:
+        raise
     except FileNotFoundError:
         raise CheckpointError(f"weights file {path} is missing") from None
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
@@ -360,8 +369,10 @@ class Trainer:
             batch = self.model.encode(data)
         else:
             raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
-        check_unique_ids(batch.ids, "training examples")  # ids address examples (removal, turn-over)
-        check_finite_inputs(batch.inputs, batch.ids, "training examples")
+        what = "examples given to Trainer.fit"
+        check_unique_ids(batch.ids, what)  # ids address examples (removal, turn-over dropout)
+        check_finite_inputs(batch.inputs, batch.ids, what)
+        check_label_range(batch.labels, self.model.num_classes, batch.ids, what)
         return batch
 
     def _optimizer(self):

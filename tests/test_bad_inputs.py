@@ -381,3 +381,29 @@ def test_set_with_the_wrong_type_is_caught_before_papermill(capsys, monkeypatch)
     with pytest.raises(InvalidParameterError, match="takes an integer"):
         profiles.resolve("quickstart", "smoke", {"seed": 1.5})
     assert profiles.resolve("quickstart", "smoke", {"seed": 2.0})["seed"] == 2.0
+
+
+def test_checkpoint_with_nonfinite_weights(run, tmp_path):
+    from safetensors.torch import load_file, save_file
+    r = copy_run(run, tmp_path)
+    ck = list_checkpoints(r)[0]
+    state = load_file(str(ck.path))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(ck.path))
+    with pytest.raises(CheckpointError, match=f"{ck.path.name}.*NaN"):
+        ck.load_into(vgg(**VGG))
+
+
+def test_flip_fraction_and_training_labels(data):
+    train, _ = data
+    for bad in (float("nan"), 1.0, "0.1"):
+        with pytest.raises(InvalidParameterError, match="fraction"):
+            flip_labels(train, bad)
+    model = vgg(**VGG)
+    b = model.encode(train)
+    labels = b.labels.clone()
+    labels[2] = 10
+    with pytest.raises(LabelRangeError, match=str(int(b.ids[2]))):
+        Trainer(model, cfg(epochs=1)).fit(Batch(b.inputs, labels, b.ids))
