@@ -78,8 +78,8 @@ def check_unique_ids(ids, what: str = "examples") -> None:
     if len(uniq) != len(arr):
         dup = uniq[counts > 1]
         raise DuplicateIdError(f"{what} have {len(arr) - len(uniq)} repeated id(s), e.g. {dup[:10].tolist()}; "
-                               "every example needs its own stable id (deduplicate, or renumber with "
-                               "dataclasses.replace(ds, ids=...))")
+                               "ids must be unique: every example needs its own stable id (deduplicate, "
+                               "or renumber with dataclasses.replace(ds, ids=...))")
 
 
 def check_finite_inputs(inputs: dict, ids, what: str = "inputs") -> None:

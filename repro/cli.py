@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key.strip()] = parse_value(value)
         names = list_notebooks() if args.notebook == "all" else [args.notebook]
         from repro import profiles
-        for name in names:  # every parameter checked (names, types) before any kernel starts
+        for name in names:  # every name and parameter checked (names, types) before any kernel starts
+            if not (notebooks_dir() / f"{name}.ipynb").exists():
+                raise UnknownNameError(f"no notebook {name!r}; known: {list_notebooks()}")
             profiles.resolve(name, args.profile, overrides)
         for name in names:
             run_notebook(name, args.profile, overrides,

@@ -69,7 +69,9 @@ class TextClassifier(ReproModel):
         path = resolve_model_path(model_name)
         local = Path(path).is_dir()
         # a hub name without a network: look in the cache only, instead of retrying for ~a minute
-        no_network = not local and not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable()
+        looks_local = path.startswith(("/", ".", "~"))
+        no_network = (not local and not looks_local and not os.environ.get("HF_HUB_OFFLINE")
+                      and not _hub_reachable())
         offline = local or no_network
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # silence the "newly initialized" head warnings
@@ -80,8 +82,8 @@ class TextClassifier(ReproModel):
         except OSError as e:
             if no_network:
                 raise DataUnavailableError(
-                    f"text model {model_name!r} is not in the local Hugging Face cache and the hub cannot "
-                    "be reached (no network); download it once with internet access, or use "
+                    f"could not load text model {model_name!r}: it is not in the local Hugging Face cache "
+                    "and the hub cannot be reached (no network); download it once with internet access, or use "
                     "model_name='minilm' (bundled) or a local folder") from None
             raise ReproError(f"could not load text model {model_name!r} ({path}): {e}. Hub names need "
                              "internet once; offline use model_name='minilm' or a local folder") from None
