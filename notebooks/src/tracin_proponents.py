@@ -265,7 +265,10 @@ out.figure("proponents_opponents", fig)
 
 # %% [markdown]
 # ## 3. Text: proponents and opponents for a MiniLM classifier, over seeds
-# (The paper uses DBPedia; offline we use SpamAssassin, ham vs spam.)
+# (The paper uses DBPedia, 14 classes; offline we use SpamAssassin, ham vs spam.) With only two
+# classes the label share of proponents is no sanity check: on the last layer the score is
+# (e·e')(a·a' + 1), so a training example of the *other* class whose features point away from the
+# test example's (a·a' < -1) is a genuine proponent: its update pushes the weights the same way.
 
 # %%
 text_rows, text_examples = [], None
