@@ -56,8 +56,14 @@ def list_notebooks() -> list[str]:
 
 
 def parse_value(text: str):
-    """``--set key=value`` values are read as YAML scalars (numbers, true/false, null, lists)."""
-    return yaml.safe_load(text)
+    """``--set key=value`` values are read as YAML scalars (numbers, true/false, null, lists);
+    ``1e-4`` is a number too (YAML 1.1 would read it as a string)."""
+    import re
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
 
 
 class RunLock:

@@ -407,3 +407,21 @@ def test_flip_fraction_and_training_labels(data):
     labels[2] = 10
     with pytest.raises(LabelRangeError, match=str(int(b.ids[2]))):
         Trainer(model, cfg(epochs=1)).fit(Batch(b.inputs, labels, b.ids))
+
+
+def test_representer_refit_reports_convergence(run, data):
+    from repro.influence import RepresenterPoints
+    train, _ = data
+    model, _ = load_run(run)
+    with pytest.raises(InvalidParameterError, match="lam > 0"):
+        RepresenterPoints(model, train, lam=0.0, device="cpu")
+    with pytest.warns(RuntimeWarning, match="did not reach a stationary point"):
+        rp = RepresenterPoints(model, train, lam=1e-3, max_iter=1, device="cpu")
+    assert rp.converged is False
+    assert RepresenterPoints(model, train, lam=1e-2, device="cpu").converged is True
+
+
+def test_set_values_in_scientific_notation_are_numbers():
+    from repro.cli import parse_value
+    assert parse_value("1e-4") == 1e-4 and parse_value("abc") == "abc" and parse_value("[1, 2]") == [1, 2]
+    profiles.resolve("fastif_hans", "smoke", {"lr": parse_value("3e-5")})  # a float parameter
