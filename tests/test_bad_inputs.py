@@ -425,3 +425,21 @@ def test_set_values_in_scientific_notation_are_numbers():
     from repro.cli import parse_value
     assert parse_value("1e-4") == 1e-4 and parse_value("abc") == "abc" and parse_value("[1, 2]") == [1, 2]
     profiles.resolve("fastif_hans", "smoke", {"lr": parse_value("3e-5")})  # a float parameter
+
+
+def test_config_checkpoint_epochs_device_and_result_names(tmp_path):
+    from repro.errors import UnknownNameError, UnsafePathError
+    from repro.results import ResultWriter
+    from repro.utils import resolve_device
+    with pytest.raises(InvalidParameterError, match=r"checkpoint_epochs \[5\] are not epochs"):
+        TrainConfig(epochs=3, checkpoint_epochs=[1, 5])
+    with pytest.raises(UnknownNameError, match="checkpoint_epochs"):
+        TrainConfig(checkpoint_epochs="sometimes")  # refused at once, not after the first epoch
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match="CUDA is not available"):
+            resolve_device("cuda")
+    w = ResultWriter("demo", "cpu", root=tmp_path)
+    for bad in ("../escape", "a/b", ".."):
+        with pytest.raises(UnsafePathError, match="plain file name"):
+            w.json(bad, {"x": 1})
+    assert not (tmp_path / "demo" / "escape.json").exists() and not (tmp_path / "escape.json").exists()
