@@ -443,3 +443,15 @@ def test_config_checkpoint_epochs_device_and_result_names(tmp_path):
         with pytest.raises(UnsafePathError, match="plain file name"):
             w.json(bad, {"x": 1})
     assert not (tmp_path / "demo" / "escape.json").exists() and not (tmp_path / "escape.json").exists()
+
+
+def test_old_cache_without_content_fingerprints_is_refused(run, data, tmp_path):
+    train, test = data
+    kw = dict(params="last", progress=False, cache_dir=tmp_path / "cache")
+    TracInCP(vgg(**VGG), run, **kw).fit(train)
+    for stamp in (tmp_path / "cache").glob("*/stamp.json"):  # as an older repro wrote it
+        old = json.loads(stamp.read_text())
+        del old["labels"], old["inputs"]
+        stamp.write_text(json.dumps(old))
+    with pytest.raises(ConfigMismatchError, match="older repro"):
+        TracInCP(vgg(**VGG), run, **kw).fit(train)

@@ -82,7 +82,10 @@ class GradientCache:
                 detail = "; ".join(f"{k}: cached {_short(old.get(k))} != now {_short(self.stamp.get(k))}"
                                    for k in diff)
                 hint = ""
-                if {"labels", "inputs"} & set(diff):
+                if {"labels", "inputs"} & set(diff) and "labels" not in old:
+                    hint = (" The cache was written by an older repro whose stamps held only ids, so it "
+                            "cannot be trusted to match this data.")
+                elif {"labels", "inputs"} & set(diff):
                     hint = (" The training data changed under the same ids (e.g. labels flipped by "
                             "flip_labels, or other inputs): its cached gradients would give the old "
                             "data's scores.")
