@@ -455,3 +455,11 @@ def test_old_cache_without_content_fingerprints_is_refused(run, data, tmp_path):
         stamp.write_text(json.dumps(old))
     with pytest.raises(ConfigMismatchError, match="older repro"):
         TracInCP(vgg(**VGG), run, **kw).fit(train)
+
+
+def test_garbage_cache_stamp_names_the_file(tmp_path):
+    from repro.influence import GradientCache
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "stamp.json").write_text("{half")
+    with pytest.raises(ConfigMismatchError, match="stamp.json cannot be read"):
+        GradientCache(tmp_path / "c", {"n": 3, "chunk_rows": 2})

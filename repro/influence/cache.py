@@ -75,7 +75,14 @@ class GradientCache:
             raise ValueError("chunk_rows must be positive")
         path = self.folder / "stamp.json"
         if path.exists():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ConfigMismatchError(f"cache stamp {path} cannot be read ({type(e).__name__}: {e}); the "
+                                          "folder's rows cannot be trusted: delete the folder or use another "
+                                          "cache_dir") from None
+            if not isinstance(old, dict):
+                raise ConfigMismatchError(f"cache stamp {path} does not hold a JSON object; delete the folder")
             if old != self.stamp:
                 keys = sorted(set(old) | set(self.stamp))
                 diff = [k for k in keys if old.get(k) != self.stamp.get(k)]
