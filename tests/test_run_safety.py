@@ -140,3 +140,15 @@ def test_signal_while_moving_a_finished_run_into_place_is_deferred(tmp_path):
                 moved.append("both renames done")
     assert moved == ["both renames done"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_swap_interrupted_between_renames_is_repaired(tmp_path):
+    """A kill after the finished run was moved aside but before the new one was moved in: the next
+    run (under the lock) puts the finished run back and removes dead staging folders."""
+    parent = tmp_path / "nb"
+    (parent / ".smoke.old-20260101T000000-1").mkdir(parents=True)
+    (parent / ".smoke.old-20260101T000000-1" / "metrics.json").write_text("{}")
+    (parent / ".smoke.run-20260101T000001-2").mkdir()
+    cli._tidy(parent, "smoke")
+    assert (parent / "smoke" / "metrics.json").exists()
+    assert sorted(p.name for p in parent.iterdir()) == ["smoke"]
