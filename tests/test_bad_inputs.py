@@ -463,3 +463,16 @@ def test_garbage_cache_stamp_names_the_file(tmp_path):
     (tmp_path / "c" / "stamp.json").write_text("{half")
     with pytest.raises(ConfigMismatchError, match="stamp.json cannot be read"):
         GradientCache(tmp_path / "c", {"n": 3, "chunk_rows": 2})
+
+
+def test_fastif_result_carries_lissa_convergence(run, data):
+    from repro.influence import FastIF
+    train, test = data
+    model, _ = load_run(run)
+    fif = FastIF(model, train, k=5, params="last", weight_decay=0.01, scale=50.0, damp=0.01, depth=3,
+                 batch_size=8, tol=1e-12, progress=False, device="cpu")
+    with pytest.warns(RuntimeWarning, match="did not reach tol"):
+        res = fif.scores(test.subset([0, 1]))
+    assert res.lissa_converged is False
+    assert FastIF(model, train, k=5, params="last", weight_decay=0.01, scale=50.0, damp=0.01, depth=3,
+                  batch_size=8, progress=False, device="cpu").scores(test.subset([0])).lissa_converged is None
