@@ -56,8 +56,14 @@ def list_notebooks() -> list[str]:
 
 
 def parse_value(text: str):
-    """``--set key=value`` values are read as YAML scalars (numbers, true/false, null, lists)."""
-    return yaml.safe_load(text)
+    """``--set key=value`` values are read as YAML scalars (numbers, true/false, null, lists);
+    ``1e-4`` is a number too (YAML 1.1 would read it as a string)."""
+    import re
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
 
 
 class RunLock:
@@ -100,28 +106,46 @@ class RunLock:
         return False
 
 
-@contextlib.contextmanager
-def _stop_on_signals():
-    """SIGINT and SIGTERM raise :class:`RunInterruptedError` in the main thread (a KeyboardInterrupt,
-    which no ``except Exception`` swallows), so papermill shuts the kernel down and the run is
-    discarded; a second signal during that clean-up is ignored. Previous handlers are restored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = []
+class _SignalGuard:
+    """While active, SIGINT and SIGTERM raise :class:`RunInterruptedError` in the main thread (a
+    KeyboardInterrupt, which no ``except Exception`` swallows), so papermill shuts the kernel down
+    and the run is discarded; a second signal during that clean-up is ignored. Inside
+    :meth:`deferred` (moving a finished run into place) a signal is only recorded and raised
+    afterwards, so the two renames are never separated. Previous handlers are restored on exit."""
 
-    def handler(signum, frame):
-        if fired:
+    def __init__(self):
+        self.fired: list[int] = []
+        self.defer = False
+        self.old = {}
+
+    def _handler(self, signum, frame):
+        if self.fired:
             return
-        fired.append(signum)
-        raise RunInterruptedError(signum, f"stopped by {signal.Signals(signum).name}")
+        self.fired.append(signum)
+        if not self.defer:
+            raise RunInterruptedError(signum, f"stopped by {signal.Signals(signum).name}; the run's "
+                                              "results were discarded")
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
+    @contextlib.contextmanager
+    def deferred(self, done_message: str):
+        self.defer = True
+        try:
+            yield
+        finally:
+            self.defer = False
+        if self.fired:
+            signum = self.fired[0]
+            raise RunInterruptedError(signum, f"stopped by {signal.Signals(signum).name} {done_message}")
+
+    def __enter__(self) -> "_SignalGuard":
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, h in self.old.items():
             signal.signal(s, h)
+        return False
 
 
 @contextlib.contextmanager
@@ -181,7 +205,7 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
     parent = results / name
     final_dir = parent / profile
     locks = [parent / f".{profile}.lock", runs_root() / name / f".{profile}.lock"]
-    with RunLock(locks, f"{name} [{profile}]"), _stop_on_signals():
+    with RunLock(locks, f"{name} [{profile}]"), _SignalGuard() as guard:
         _tidy(parent, profile)
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         stage = parent / f".{profile}.run-{run_id}"
@@ -206,14 +230,15 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
                   f"its output (no metrics.json) is in {failed}; {final_dir} was left as it was",
                   file=sys.stderr, flush=True)
             raise
-        old = parent / f".{profile}.old-{run_id}"
-        if final_dir.exists():
-            os.rename(final_dir, old)
-        os.rename(stage, final_dir)  # from here on the new run is the result
-        shutil.rmtree(old, ignore_errors=True)
-        stale_failed = parent / f"{profile}.failed"
-        if stale_failed.exists():
-            shutil.rmtree(stale_failed, ignore_errors=True)
+        with guard.deferred(f"just after {name} [{profile}] finished; its results are in {final_dir}"):
+            old = parent / f".{profile}.old-{run_id}"
+            if final_dir.exists():
+                os.rename(final_dir, old)
+            os.rename(stage, final_dir)  # from here on the new run is the result
+            shutil.rmtree(old, ignore_errors=True)
+            stale_failed = parent / f"{profile}.failed"
+            if stale_failed.exists():
+                shutil.rmtree(stale_failed, ignore_errors=True)
     final = final_dir / f"{name}.ipynb"
     print(f"{name} [{profile}] done in {time.perf_counter() - t0:.0f} s -> {final}", flush=True)
     return final
@@ -299,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repro: error: {e}", file=sys.stderr)
         return 2
     except RunInterruptedError as e:
-        print(f"repro: {e}; the stopped run's results were discarded", file=sys.stderr)
+        print(f"repro: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("repro: interrupted; the stopped run's results were discarded", file=sys.stderr)

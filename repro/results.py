@@ -96,6 +96,16 @@ def environment() -> dict:
     return {"device": device, "platform": platform.platform(), "versions": versions}
 
 
+def _plain_name(name: str) -> str:
+    """A result file name that stays inside the result folder."""
+    from repro.errors import UnsafePathError
+
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".."):
+        raise UnsafePathError(f"result name {name!r} must be a plain file name (no folders, no '..'): "
+                              "results are written inside results/<notebook>/<profile>/ only")
+    return name
+
+
 class ResultWriter:
     """Collects a run's outputs in ``<root>/<notebook>/<profile>/``."""
 
@@ -113,23 +123,24 @@ class ResultWriter:
         self.git_commit_start = os.environ.get("REPRO_GIT_COMMIT_START") or git_commit()
 
     def path(self, name: str) -> Path:
-        return self.dir / name
+        """``<result folder>/<name>``; ``name`` must be a plain file name (no folders, no ``..``)."""
+        return self.dir / _plain_name(name)
 
     def table(self, name: str, frame, index: bool = False) -> Path:
         """Write a pandas DataFrame as ``<name>.csv``."""
-        p = atomic_write_with(self.dir / f"{name}.csv", lambda tmp: frame.to_csv(tmp, index=index))
+        p = atomic_write_with(self.path(f"{name}.csv"), lambda tmp: frame.to_csv(tmp, index=index))
         self.files.append(p.name)
         return p
 
     def figure(self, name: str, fig, dpi: int = 130) -> Path:
         """Save a matplotlib figure as ``<name>.png``."""
-        p = atomic_write_with(self.dir / f"{name}.png",
+        p = atomic_write_with(self.path(f"{name}.png"),
                               lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
         self.files.append(p.name)
         return p
 
     def json(self, name: str, obj) -> Path:
-        p = atomic_write_json(self.dir / f"{name}.json", obj)
+        p = atomic_write_json(self.path(f"{name}.json"), obj)
         self.files.append(p.name)
         return p
 

@@ -105,6 +105,17 @@ class TrainConfig:
             raise InvalidParameterError(f"TrainConfig.lr must be positive, got {self.lr}")
         for name in ("momentum", "weight_decay", "label_smoothing", "gamma"):
             setattr(self, name, as_finite_float(f"TrainConfig.{name}", getattr(self, name), minimum=0.0))
+        ce = self.checkpoint_epochs
+        if isinstance(ce, str):
+            if ce not in ("all", "final"):
+                raise UnknownNameError(f"checkpoint_epochs must be a list of epochs, 'all' or 'final', got {ce!r}")
+        else:
+            epochs = [as_int("TrainConfig.checkpoint_epochs[]", e) for e in ce]
+            outside = [e for e in epochs if not 1 <= e <= self.epochs]
+            if outside:
+                raise InvalidParameterError(f"checkpoint_epochs {outside} are not epochs of this run (1..{self.epochs}); "
+                                            "such checkpoints would silently never be kept")
+        self.milestones = [as_int("TrainConfig.milestones[]", m) for m in self.milestones]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -90,7 +90,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from repro.errors import InvalidParameterError
+        raise InvalidParameterError(f"device={device!r} but CUDA is not available here; use device='auto' "
+                                    "(CUDA when available, else CPU) or 'cpu'")
+    return dev
 
 
 def progress(iterable=None, **kwargs):

@@ -407,3 +407,72 @@ def test_flip_fraction_and_training_labels(data):
     labels[2] = 10
     with pytest.raises(LabelRangeError, match=str(int(b.ids[2]))):
         Trainer(model, cfg(epochs=1)).fit(Batch(b.inputs, labels, b.ids))
+
+
+def test_representer_refit_reports_convergence(run, data):
+    from repro.influence import RepresenterPoints
+    train, _ = data
+    model, _ = load_run(run)
+    with pytest.raises(InvalidParameterError, match="lam > 0"):
+        RepresenterPoints(model, train, lam=0.0, device="cpu")
+    with pytest.warns(RuntimeWarning, match="did not reach a stationary point"):
+        rp = RepresenterPoints(model, train, lam=1e-3, max_iter=1, device="cpu")
+    assert rp.converged is False
+    assert RepresenterPoints(model, train, lam=1e-2, device="cpu").converged is True
+
+
+def test_set_values_in_scientific_notation_are_numbers():
+    from repro.cli import parse_value
+    assert parse_value("1e-4") == 1e-4 and parse_value("abc") == "abc" and parse_value("[1, 2]") == [1, 2]
+    profiles.resolve("fastif_hans", "smoke", {"lr": parse_value("3e-5")})  # a float parameter
+
+
+def test_config_checkpoint_epochs_device_and_result_names(tmp_path):
+    from repro.errors import UnknownNameError, UnsafePathError
+    from repro.results import ResultWriter
+    from repro.utils import resolve_device
+    with pytest.raises(InvalidParameterError, match=r"checkpoint_epochs \[5\] are not epochs"):
+        TrainConfig(epochs=3, checkpoint_epochs=[1, 5])
+    with pytest.raises(UnknownNameError, match="checkpoint_epochs"):
+        TrainConfig(checkpoint_epochs="sometimes")  # refused at once, not after the first epoch
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match="CUDA is not available"):
+            resolve_device("cuda")
+    w = ResultWriter("demo", "cpu", root=tmp_path)
+    for bad in ("../escape", "a/b", ".."):
+        with pytest.raises(UnsafePathError, match="plain file name"):
+            w.json(bad, {"x": 1})
+    assert not (tmp_path / "demo" / "escape.json").exists() and not (tmp_path / "escape.json").exists()
+
+
+def test_old_cache_without_content_fingerprints_is_refused(run, data, tmp_path):
+    train, test = data
+    kw = dict(params="last", progress=False, cache_dir=tmp_path / "cache")
+    TracInCP(vgg(**VGG), run, **kw).fit(train)
+    for stamp in (tmp_path / "cache").glob("*/stamp.json"):  # as an older repro wrote it
+        old = json.loads(stamp.read_text())
+        del old["labels"], old["inputs"]
+        stamp.write_text(json.dumps(old))
+    with pytest.raises(ConfigMismatchError, match="older repro"):
+        TracInCP(vgg(**VGG), run, **kw).fit(train)
+
+
+def test_garbage_cache_stamp_names_the_file(tmp_path):
+    from repro.influence import GradientCache
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "stamp.json").write_text("{half")
+    with pytest.raises(ConfigMismatchError, match="stamp.json cannot be read"):
+        GradientCache(tmp_path / "c", {"n": 3, "chunk_rows": 2})
+
+
+def test_fastif_result_carries_lissa_convergence(run, data):
+    from repro.influence import FastIF
+    train, test = data
+    model, _ = load_run(run)
+    fif = FastIF(model, train, k=5, params="last", weight_decay=0.01, scale=50.0, damp=0.01, depth=3,
+                 batch_size=8, tol=1e-12, progress=False, device="cpu")
+    with pytest.warns(RuntimeWarning, match="did not reach tol"):
+        res = fif.scores(test.subset([0, 1]))
+    assert res.lissa_converged is False
+    assert FastIF(model, train, k=5, params="last", weight_decay=0.01, scale=50.0, damp=0.01, depth=3,
+                  batch_size=8, progress=False, device="cpu").scores(test.subset([0])).lissa_converged is None

@@ -106,7 +106,7 @@ def test_signal_stops_run_and_kernel_without_metrics(sandbox, signum):
 
 def test_cli_exit_status_after_signal(monkeypatch, capsys):
     def stopped(*a, **k):
-        raise RunInterruptedError(signal.SIGTERM, "stopped by SIGTERM")
+        raise RunInterruptedError(signal.SIGTERM, "stopped by SIGTERM; the run's results were discarded")
     calls = []
     monkeypatch.setattr(cli, "run_notebook", lambda *a, **k: calls.append(a) or stopped())
     assert cli.main(["run", "all", "--profile", "smoke"]) == 128 + signal.SIGTERM
@@ -127,3 +127,28 @@ def test_git_commit_is_read_at_the_start(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "git_commit", lambda root=None: next(same))
     m = json.loads(ResultWriter("demo", "cpu", root=tmp_path).finish({"a": 1}).read_text())
     assert m["git_commit"] == "ccc" and m["git_changed_during_run"] is False and "git_commit_end" not in m
+
+
+def test_signal_while_moving_a_finished_run_into_place_is_deferred(tmp_path):
+    """The two renames that put a finished run into place are never separated by a signal."""
+    moved = []
+    with cli._SignalGuard() as guard:
+        with pytest.raises(RunInterruptedError, match="its results are in"):
+            with guard.deferred("just after nb finished; its results are in X"):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+                moved.append("both renames done")
+    assert moved == ["both renames done"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_swap_interrupted_between_renames_is_repaired(tmp_path):
+    """A kill after the finished run was moved aside but before the new one was moved in: the next
+    run (under the lock) puts the finished run back and removes dead staging folders."""
+    parent = tmp_path / "nb"
+    (parent / ".smoke.old-20260101T000000-1").mkdir(parents=True)
+    (parent / ".smoke.old-20260101T000000-1" / "metrics.json").write_text("{}")
+    (parent / ".smoke.run-20260101T000001-2").mkdir()
+    cli._tidy(parent, "smoke")
+    assert (parent / "smoke" / "metrics.json").exists()
+    assert sorted(p.name for p in parent.iterdir()) == ["smoke"]

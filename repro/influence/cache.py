@@ -75,14 +75,24 @@ class GradientCache:
             raise ValueError("chunk_rows must be positive")
         path = self.folder / "stamp.json"
         if path.exists():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ConfigMismatchError(f"cache stamp {path} cannot be read ({type(e).__name__}: {e}); the "
+                                          "folder's rows cannot be trusted: delete the folder or use another "
+                                          "cache_dir") from None
+            if not isinstance(old, dict):
+                raise ConfigMismatchError(f"cache stamp {path} does not hold a JSON object; delete the folder")
             if old != self.stamp:
                 keys = sorted(set(old) | set(self.stamp))
                 diff = [k for k in keys if old.get(k) != self.stamp.get(k)]
                 detail = "; ".join(f"{k}: cached {_short(old.get(k))} != now {_short(self.stamp.get(k))}"
                                    for k in diff)
                 hint = ""
-                if {"labels", "inputs"} & set(diff):
+                if {"labels", "inputs"} & set(diff) and "labels" not in old:
+                    hint = (" The cache was written by an older repro whose stamps held only ids, so it "
+                            "cannot be trusted to match this data.")
+                elif {"labels", "inputs"} & set(diff):
                     hint = (" The training data changed under the same ids (e.g. labels flipped by "
                             "flip_labels, or other inputs): its cached gradients would give the old "
                             "data's scores.")
