@@ -1,7 +1,7 @@
 # %% [markdown]
 # # FastIF: scalable influence functions, and fixing HANS errors with influential examples
 #
-# Replication of Guo, Rajani, Hase, Bansal, Xiong (EMNLP 2021), spec in `PAPERS.md` section 4.
+# Replication of Guo, Rajani, Hase, Bansal, Xiong (EMNLP 2021), method in `docs/methods.md`.
 # Influence functions score a training point z for a test point z' as `∇L(z) · s_test` with
 # `s_test = (H + λI)⁻¹ ∇L(z')` estimated by LiSSA. FastIF makes this fast by (1) scoring only the
 # k nearest training points in the model's feature space (pooled [CLS]), (2) estimating s_test with

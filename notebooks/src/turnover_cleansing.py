@@ -2,7 +2,7 @@
 # # Turn-over Dropout: estimating the influence of a training instance
 #
 # Replication of Kobayashi, Yokoi, Suzuki, Inui (SustaiNLP 2020), "Efficient Estimation of
-# Influence of a Training Instance" (spec: `PAPERS.md` section 1). Every training instance *i* owns a
+# Influence of a Training Instance" (method: `docs/methods.md`). Every training instance *i* owns a
 # fixed dropout mask *m(i)*; the model learns instance *i* only through its own sub-network, and the
 # flipped mask *1 − m(i)* selects a sub-network that never saw it. The influence of *z_i* on a target
 # *z* is `L(f_{1−m(i)}(x), y) − L(f_{m(i)}(x), y)` — **positive = z_i helped z**. No gradients, no
@@ -16,7 +16,7 @@
 # VGG-11 for the paper's VGG, MiniLM-L6 for BERT and SpamAssassin for the paper's text sets (all
 # offline); the turn-over layer sits in the classifier head (VGG: after the hidden FC layer; text:
 # on the pooled [CLS] vector), which makes influence one forward pass per target; the paper's own
-# numbers could not be verified (PAPERS.md marks them [U]), so the comparison is qualitative.
+# numbers could not be verified against the paper's text (marked [U], see `docs/methods.md`), so the comparison is qualitative.
 
 # %% tags=["parameters"]
 profile = "smoke"

@@ -1,4 +1,4 @@
-"""FastIF's error-correction experiment on HANS(-style) data (PAPERS.md section 4, protocol 7).
+"""FastIF's error-correction experiment on HANS(-style) data (the paper's HANS fine-tuning protocol; see docs/methods.md).
 
 Starting from a trained NLI model, for ``steps`` steps: sample ``anchors_per_step`` anchors of one
 heuristic from the anchor part of the HANS-style set, score candidate training points by their
