@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -275,7 +276,9 @@ class Trainer:
                         w = (~torch.isin(mb.ids, masked.to(mb.ids.device))).float()
                         if not bool(w.any()):  # every example of this mini-batch is deleted: no step
                             lrs.append(opt.param_groups[0]["lr"])
-                            sched.step()
+                            with warnings.catch_warnings():  # "scheduler step before optimizer step"
+                                warnings.simplefilter("ignore", UserWarning)
+                                sched.step()
                             step += 1
                             continue
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
