@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -415,7 +416,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ main loop
     def fit(self, train, eval=None, exclude_ids=None, resume: bool = True,
-            until_epoch: int | None = None) -> TrainResult:
+            until_epoch: int | None = None, masked_ids=None) -> TrainResult:
         """Train; returns the per-epoch history and the kept checkpoints.
 
         Args:
@@ -427,6 +428,12 @@ class Trainer:
                 another configuration raises ConfigMismatchError); ``False``: start over, deleting
                 what the folder held.
             until_epoch: stop after this epoch (as if interrupted); a later ``fit`` resumes.
+            masked_ids: **masked deletion**: keep these examples in the data (same shuffling order,
+                same mini-batch composition as the full run) but give them weight 0, so each
+                mini-batch minimises the mean loss of its other examples: the same as dropping them
+                from every mini-batch of the full run's order. A mini-batch left empty makes no
+                optimizer step (the learning-rate schedule still counts it, as in the full run).
+                Ids not in the training set raise KeyError.
         """
         t0 = time.perf_counter()
         cfg = self.config
@@ -439,6 +446,14 @@ class Trainer:
                     raise KeyError(f"{len(missing)} excluded id(s) not in the training set: {missing[:10].tolist()}")
                 train = train.exclude(exclude_ids)
         train = self._encode(train)
+        masked = None
+        if masked_ids is not None and len(masked_ids):
+            masked = torch.as_tensor(np.asarray(list(masked_ids), dtype=np.int64))
+            missing = masked[~torch.isin(masked, train.ids)]
+            if len(missing):
+                raise KeyError(f"{len(missing)} masked id(s) not in the training set: {missing[:10].tolist()}")
+            if bool(torch.isin(train.ids, masked).all()):
+                raise EmptyDatasetError("masked_ids covers the whole training set: nothing left to train on")
         eval_batch = self._encode(eval) if eval is not None else None
         if int(train.labels.max()) >= self.model.num_classes or int(train.labels.min()) < 0:
             from repro.errors import LabelRangeError
@@ -448,6 +463,8 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
         record = self._run_record(train, exclude_ids)
+        if masked is not None:
+            record["masked_ids"] = sorted(int(i) for i in masked)
         history: list[dict] = []
         start_epoch = 0
         if self.run_dir is not None:
@@ -465,9 +482,24 @@ class Trainer:
                                disable=not cfg.progress, leave=False)
                 for mb in bar:
                     mb = mb.to(self.device)
+                    w = None
+                    if masked is not None:
+                        w = (~torch.isin(mb.ids, masked.to(mb.ids.device))).float()
+                        if not bool(w.any()):  # every example of this mini-batch is deleted: no step
+                            lrs.append(opt.param_groups[0]["lr"])
+                            with warnings.catch_warnings():  # "scheduler step before optimizer step"
+                                warnings.simplefilter("ignore", UserWarning)
+                                sched.step()
+                            step += 1
+                            continue
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                         logits = model(**mb.inputs, ids=mb.ids)
-                        loss = F.cross_entropy(logits.float(), mb.labels, label_smoothing=cfg.label_smoothing)
+                        if w is None:
+                            loss = F.cross_entropy(logits.float(), mb.labels, label_smoothing=cfg.label_smoothing)
+                        else:
+                            ce = F.cross_entropy(logits.float(), mb.labels, reduction="none",
+                                                 label_smoothing=cfg.label_smoothing)
+                            loss = (ce * w).sum() / w.sum()
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"loss became {loss.item()} at epoch {epoch}, step {step}; lower the learning "
@@ -480,9 +512,10 @@ class Trainer:
                     opt.step()
                     sched.step()
                     step += 1
-                    n = len(mb)
+                    n = len(mb) if w is None else int(w.sum())
                     tot_loss += loss.item() * n
-                    tot_correct += int((logits.argmax(1) == mb.labels).sum())
+                    hit = logits.argmax(1) == mb.labels
+                    tot_correct += int(hit.sum() if w is None else (hit.float() * w).sum())
                     seen += n
                     bar.set_postfix(loss=f"{tot_loss / seen:.3f}")
                     end_of_kept_epoch = step == epoch * steps_per_epoch and self._keep_epoch(epoch)

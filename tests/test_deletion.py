@@ -87,7 +87,7 @@ def test_planted_duplicates_beat_random_deletion(toy):
     frame = D.case_deletion(scores, train, test, retrain, ks=(N_DUP,), seeds=(0, 1),
                             directions=("proponents",), test_positions=[0], show_progress=False)
     assert set(frame.columns) >= {"test_id", "method", "direction", "k", "seed", "p_before", "p_after", "delta",
-                                  "deleted_ids"}
+                                  "dlogodds", "deleted_ids"}
     assert len(frame) == 4 and set(frame["test_id"]) == {0}
     assert (frame["delta"] == frame["p_after"] - frame["p_before"]).all()
     o = frame[frame.method == "oracle"]
@@ -115,8 +115,9 @@ def test_deleted_ids_are_exactly_the_top_k(toy):
     calls = []
     const = build(0).eval()
 
-    def retrain(subset, seed):
-        calls.append((seed, tuple(sorted(np.setdiff1d(train.ids, subset.ids).tolist()))))
+    def retrain(full, seed, deleted_ids=()):
+        assert full is train  # masked deletion: always the whole training set
+        calls.append((seed, tuple(sorted(int(i) for i in deleted_ids))))
         return const
 
     frame = D.case_deletion(scores, train, test, retrain, ks=(1, 4), seeds=(0, 5), show_progress=False)
@@ -211,7 +212,33 @@ def test_method_scores_match_the_estimators(toy):
     with pytest.raises(TypeError, match="damping"):
         D.method_scores("tracin_last", model, cks, train, test, damping=1.0)
     with pytest.raises(ValueError, match="unknown method"):
+        D.method_scores("tracin_first", model, cks, train, test)
+    with pytest.raises(ValueError, match="middle"):  # TinyMLP names no middle group
         D.method_scores("tracin_middle", model, cks, train, test)
+    mid = D.method_scores("tracin_middle", model, cks, train, test, params=["hidden"])
+    torch.testing.assert_close(mid, TracInCP(model, cks, params=["hidden"], progress=False).fit(train).scores(test))
+
+
+def test_masked_and_dropped_retraining(toy):
+    train = toy["train"]
+    dup = toy["dup_ids"].tolist()
+    masked = D.make_retrain(build, CFG)(train, 0, dup)
+    dropped = D.make_retrain(build, CFG, deletion="drop")(train, 0, dup)
+    direct = build(0)
+    Trainer(direct, CFG).fit(train, masked_ids=dup)
+    assert all(torch.equal(a, b) for a, b in zip(masked.state_dict().values(), direct.state_dict().values()))
+    direct = build(0)
+    Trainer(direct, CFG).fit(train.exclude(dup))
+    assert all(torch.equal(a, b) for a, b in zip(dropped.state_dict().values(), direct.state_dict().values()))
+    with pytest.raises(ValueError, match="deletion"):
+        D.make_retrain(build, CFG, deletion="hide")
+
+
+def test_select_checkpoints(toy):
+    cks = list_checkpoints(toy["run_dir"])  # 60 epoch checkpoints
+    two = D.select_checkpoints(cks, 2)
+    assert [c.epoch for c in two] == [30, 60]
+    assert D.select_checkpoints(cks, None) == cks and len(D.select_checkpoints(cks, 100)) == 60
 
 
 def test_make_retrain_is_deterministic_and_starts_from_the_same_init(toy):

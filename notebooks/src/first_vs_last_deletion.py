@@ -1,23 +1,39 @@
 # %% [markdown]
 # # First is Better Than Last: word-embedding influence (TracIn-WE) vs last-layer methods
 #
-# Replication of Yeh, Taly, Sundararajan, Liu, Ravikumar (NeurIPS 2022), spec in `PAPERS.md`
-# section 3. Influence computed at the last layer suffers a *cancellation effect*; **TracIn-WE**
-# computes TracIn on the word-embedding layer instead: the score of a training/test pair is
-# Σ_checkpoints η Σ_{tokens w shared by both} ∇_{E_w}ℓ(z) · ∇_{E_w}ℓ(z'), computed sparsely from
-# each example's token rows (special and padding tokens excluded). Positive = proponent.
+# Replication of Yeh, Taly, Sundararajan, Liu, Ravikumar (NeurIPS 2022). Influence computed at the
+# last layer suffers a *cancellation effect*; **TracIn-WE** computes TracIn on the word-embedding
+# layer instead: the score of a training/test pair is
+# Σ_checkpoints η Σ_{tokens w shared by both} ∇_{E_w}ℓ(z) · ∇_{E_w}ℓ(z'), computed sparsely from each
+# example's token rows (special and padding tokens excluded). Positive = proponent.
 #
 # The paper evaluates by **case deletion**: for a test example, delete its top-k proponents (or
-# opponents) from the training set, retrain, and measure the change of the test example's predicted
-# probability for its label. A good method makes deleting proponents lower it a lot (DEL−, more
-# negative is better) and deleting opponents raise it (DEL+, more positive is better). The paper
-# reports TracIn-WE beating last-layer methods "by 4-10 times".
+# opponents), retrain, and measure the change of the test example's predicted probability of its
+# label. Deleting proponents should lower it (DEL−, more negative is better); deleting opponents
+# should raise it (DEL+, more positive is better). The paper reports TracIn-WE beating last-layer
+# methods "by 4-10 times" on three language tasks.
 #
-# **Retraining** here is fine-tuning MiniLM from the same pretrained start and head initialization,
-# with the same seed and schedule, on the reduced training set (see
-# `repro.experiments.deletion.make_retrain`). **Deviations**: offline SNLI (entailment vs
-# non-entailment) and SpamAssassin stand in for MNLI and toxicity/AG News; MiniLM-L6 for BERT-base;
-# training sets of a hundred examples and a handful of test examples on CPU, so effects are noisy.
+# **Design of this notebook.**
+# * **Model**: a word-embedding CNN trained from scratch (the model of the authors' released
+#   notebook): WordPiece ids of the bundled MiniLM tokenizer, remapped to an embedding table over the
+#   tokens seen in training, three 1-D convolutions (kernels 5, 5, 1), global max-pool, linear head,
+#   one checkpoint per epoch. It retrains in about a second, which is what makes a powered deletion
+#   study possible on a CPU. The authors trained it with SGD (lr 0.02, momentum 0.9, 10 epochs); on
+#   our small training sets that needs 6+ epochs to leave the majority class, so the profiles use
+#   AdamW (lr 3e-3, 2-4 epochs), which learns in a third of the retraining time (`optimizer: sgd`,
+#   `lr: 0.02`, `epochs: 10` restore the authors' setting). The fine-tuned MiniLM path stays
+#   available (`text_model: minilm`, the `gpu` profile).
+# * **Masked deletion**: a retraining keeps the deleted examples in the data with weight 0, so it has
+#   the initialisation and mini-batch order of the full-data reference of its seed (tested equal to
+#   dropping the examples from that order). Every method is evaluated on the same test examples and
+#   seeds: the comparison between methods is paired, and its noise floor is low.
+# * **Test examples**: drawn at random among test examples whose predicted p(label) under the
+#   explained model is below `confidence_cut`; saturated examples (p ≈ 1) cannot move. We report Δp
+#   and Δlog-odds.
+# * **Statistics**: per test example, the effect is averaged over retraining seeds; 95% percentile
+#   bootstrap CIs are over test examples. Method comparisons are paired differences per test
+#   example; the ratio of means (the paper's "x times") is reported only descriptively, because it is
+#   unstable when the last-layer effect is close to 0.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -25,106 +41,229 @@ overrides = {}
 results_dir = None
 
 # %%
+import copy
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 from scipy.stats import spearmanr
 
+from repro.claims import at_least, ci_above, claim, claims_frame
 from repro.data import load
 from repro.experiments import deletion
 from repro.experiments.common import start
 from repro.influence import TracInWE, cancellation_ratio
-from repro.models import text_classifier
+from repro.models import text_classifier, word_cnn
+from repro.models.cnn import build_vocab
 from repro.train import TrainConfig, Trainer, predict
 
+torch.set_num_threads(1)
 params, out, run_root = start("first_vs_last_deletion", profile, overrides, results_dir)
 p = params
+t_start = time.perf_counter()
 pd.Series(params, dtype=object).to_frame("value")
 
+# %% [markdown]
+# ## Criteria, stated before any number is computed
+#
+# * `we_beats_last_on_deletion` (per task): `ours` = how much more deleting TracIn-WE's top-k
+#   proponents lowers p(label) than deleting last-layer TracIn's (Δp_last − Δp_WE; positive =
+#   TracIn-WE better), per test example averaged over both k and both seeds; reproduced if its 95%
+#   bootstrap CI lies above 0, partly if only the point estimate does. The ratio of mean effects
+#   (WE / last) is stored alongside, descriptively.
+# * `we_beats_last_on_deletion_plus` (per task): the same for deleting opponents
+#   (Δp_WE − Δp_last; positive = TracIn-WE raises p(label) more).
+# * `cancellation_larger_for_last_layer`: `ours` = the smallest, over tasks, of (last-layer
+#   cancellation ratio / word-embedding cancellation ratio) at the final checkpoint; reproduced if
+#   ≥ 1 on every task.
+
 # %%
+REFERENCE = p["reference"]
+LAST = "tracin_last"
+CRIT_DEL = ci_above(0.0, what="the per-test-example advantage of TracIn-WE over last-layer TracIn (Δp)")
+CRIT_CANC = at_least(1.0, what="min over tasks of cancellation(last) / cancellation(embeddings)")
+
+# %% [markdown]
+# ## Data, models, the explained training runs
+
+# %%
+def per_task(name, task):
+    """A parameter given once or per task (``{task: value}``)."""
+    v = p[name]
+    if isinstance(v, dict):
+        if task not in v:
+            raise KeyError(f"parameter {name!r} has no value for task {task!r}: {v}")
+        return v[task]
+    return v
+
+
 def setup_task(task):
-    train = load(task, "train", n=p["n_train"], seed=p["seed"], source=p["source"], stratify=True)
+    n_tr = int(per_task("n_train", task))
+    epochs = int(per_task("epochs", task))
+    max_length = int(per_task("max_length", task))
+    train = load(task, "train", n=n_tr, seed=p["seed"], source=p["source"], stratify=True)
     test = load(task, "test", n=p["n_test"], seed=p["seed"], source=p["source"], stratify=True)
-    init = text_classifier(num_classes=train.num_classes, model_name=p["text_model"], max_length=p["max_length"],
-                           seed=p["seed"])
-    cfg = TrainConfig(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], optimizer="adamw",
-                      weight_decay=0.01, schedule="constant", checkpoint_epochs="all", seed=p["seed"])
-    retrain = deletion.make_retrain(init, cfg)  # same start for the explained run and every retraining
+    if p["text_model"] == "cnn":
+        vocab = build_vocab(train, max_length=max_length)  # once, from the full training set
+        init = lambda seed: word_cnn(vocab=vocab, num_classes=train.num_classes, max_length=max_length,
+                                     seed=seed, **p["cnn"])
+        cfg = TrainConfig(epochs=epochs, lr=p["lr"], batch_size=p["batch_size"], optimizer=p["optimizer"],
+                          momentum=0.9, schedule="constant", checkpoint_epochs="all", seed=0, device="cpu",
+                          progress=False)
+        retrain = deletion.make_retrain(init, cfg)  # init from the retraining seed: "from scratch"
+        model = init(0)
+    else:  # fine-tuning a BERT-family encoder, every run from one shared pretrained start
+        start_model = text_classifier(num_classes=train.num_classes, model_name=p["text_model"],
+                                      max_length=max_length, seed=p["seed"])
+        cfg = TrainConfig(epochs=epochs, lr=p["lr"], batch_size=p["batch_size"], optimizer=p["optimizer"],
+                          weight_decay=0.01, schedule="constant", checkpoint_epochs="all", seed=0, progress=False)
+        retrain = deletion.make_retrain(start_model, cfg)  # copies the start for every retraining
+        model = copy.deepcopy(start_model)
+    train_b, test_b = model.encode(train), model.encode(test)
     run_dir = run_root / task
-    trained = text_classifier(num_classes=train.num_classes, model_name=p["text_model"], max_length=p["max_length"],
-                              seed=p["seed"])
-    trained.load_state_dict(init.state_dict())
-    res = Trainer(trained, cfg, run_dir).fit(train, eval=test, resume=False)
-    return dict(train=train, test=test, init=init, cfg=cfg, retrain=retrain, run_dir=run_dir, model=trained, res=res)
+    t0 = time.perf_counter()
+    res = Trainer(model, cfg, run_dir).fit(train_b, eval=test_b, resume=False)
+    return dict(train=train, test=test, train_b=train_b, test_b=test_b, cfg=cfg, retrain=retrain, run_dir=run_dir,
+                model=model.eval(), res=res, train_s=time.perf_counter() - t0, n_train=n_tr)
 
 
 tasks = {t: setup_task(t) for t in p["tasks"]}
-pd.DataFrame([{"task": t, "n_train": len(s["train"]), "n_test": len(s["test"]),
-               "test_accuracy": s["res"].final["eval_accuracy"]} for t, s in tasks.items()])
+overview = pd.DataFrame([{
+    "task": t, "n_train": len(s["train"]), "n_test_pool": len(s["test"]),
+    "vocab": len(s["model"].spec["vocab"]) if p["text_model"] == "cnn" else None,
+    "test_accuracy": s["res"].final["eval_accuracy"],
+    "majority_baseline": float(np.bincount(s["test"].labels).max() / len(s["test"])),
+    "train_seconds": s["train_s"]} for t, s in tasks.items()])
+out.table("tasks", overview)
+overview
+
+# %% [markdown]
+# The CNN must learn more than the majority class on each task, or there is nothing to explain:
+# compare `test_accuracy` with `majority_baseline`. SNLI-2 needs far more pairs than spam for that
+# (a bag-of-n-grams model learns NLI only from lexical cues), which is why its training set is larger.
+#
+# ## Test examples for case deletion
+# Drawn at random (seeded) among the pool's test examples with p(label) < `confidence_cut` under the
+# explained model (correct and incorrect ones alike).
+
+# %%
+def pick_tests(s):
+    logits = predict(s["model"], s["test_b"]).double()
+    p_label = torch.softmax(logits, 1).gather(1, s["test_b"].labels.view(-1, 1)).squeeze(1).numpy()
+    pool = np.flatnonzero(p_label < p["confidence_cut"])
+    rng = np.random.default_rng(p["seed"])
+    n = min(p["n_deletion_tests"], len(pool))
+    if n < p["n_deletion_tests"]:
+        print(f"only {len(pool)} test examples below the cut; using all of them")
+    return np.sort(rng.choice(pool, size=n, replace=False)), p_label
+
+
+sel_rows = []
+for t, s in tasks.items():
+    pos, p_label = pick_tests(s)
+    s["positions"] = pos
+    s["tests_b"] = s["test_b"][torch.as_tensor(pos)]
+    s["ks"] = sorted({max(1, int(np.floor(f * s["n_train"] + 0.5))) for f in p["k_fracs"]})  # round half up
+    sel_rows.append({"task": t, "pool": len(s["test"]), "below_cut": int((p_label < p["confidence_cut"]).sum()),
+                     "saturated_share": float((p_label >= p["confidence_cut"]).mean()),
+                     "chosen": len(pos), "mean_p_label_chosen": float(p_label[pos].mean()),
+                     "ks": s["ks"]})
+selection = pd.DataFrame(sel_rows)
+out.table("test_selection", selection)
+selection
 
 # %% [markdown]
 # ## Scores of every method, and how much they agree
 # Spearman correlation of each method's scores with TracIn-WE's, per test example, averaged.
 
 # %%
-all_scores = {}
-agree = []
+all_scores, agree, score_time = {}, [], []
 for t, s in tasks.items():
-    all_scores[t] = deletion.all_method_scores(p["score_methods"], s["model"], s["run_dir"], s["train"], s["test"])
-    ref = all_scores[t]["tracin_we"]
+    all_scores[t] = {}
+    for m in p["score_methods"]:
+        t0 = time.perf_counter()
+        all_scores[t][m] = deletion.method_scores(m, s["model"], s["run_dir"], s["train_b"], s["tests_b"])
+        score_time.append({"task": t, "method": m, "seconds": time.perf_counter() - t0})
+    ref = all_scores[t][REFERENCE]
     for m, sc in all_scores[t].items():
-        rho = np.mean([spearmanr(ref[i].numpy(), sc[i].numpy())[0] for i in range(len(s["test"]))])
-        agree.append({"task": t, "method": m, "spearman_vs_tracin_we": rho})
+        rho = np.nanmean([spearmanr(ref[i].numpy(), sc[i].numpy())[0] for i in range(len(sc))])
+        agree.append({"task": t, "method": m, "spearman_vs_reference": rho})
 agree = pd.DataFrame(agree)
 out.table("method_agreement", agree)
-agree.pivot(index="method", columns="task", values="spearman_vs_tracin_we")
+agree.pivot(index="method", columns="task", values="spearman_vs_reference")
 
 # %% [markdown]
 # ## Case deletion
-# For `n_deletion_tests` test examples per task (correctly classified ones first), delete the top-k
-# proponents / opponents of each method, retrain, and record Δp = p_after − p_before.
+# For each chosen test example, method, k, direction and seed: delete (weight 0) the top-k
+# proponents / opponents, retrain from the seed's initialisation in the seed's mini-batch order, and
+# record Δp and Δlog-odds against the full-data retraining of the same seed. `random` deletes
+# `n_random_sets` random sets per (k, direction), shared by all test examples.
 
 # %%
-frames = []
+frames, retrain_stats = [], []
 for t, s in tasks.items():
-    preds = predict(s["model"], s["test"]).argmax(1).numpy()
-    order = np.argsort(preds != s["test"].labels, kind="stable")  # correct first
-    positions = order[: p["n_deletion_tests"]].tolist()
-    sc = {m: all_scores[t][m] for m in p["deletion_methods"]}
-    df = deletion.case_deletion(sc, s["train"], s["test"], s["retrain"], ks=p["ks"], seeds=p["seeds"],
-                                test_positions=positions)
+    sc = {m: all_scores[t][m] for m in per_task("deletion_methods", t)}
+    t0 = time.perf_counter()
+    df = deletion.case_deletion(sc, s["train_b"], s["tests_b"], s["retrain"], ks=s["ks"], seeds=p["seeds"],
+                                n_random_sets=p["n_random_sets"], random_seed=p["seed"], workers=p["workers"])
+    dt = time.perf_counter() - t0
+    n_retrains = len({(r.seed, tuple(sorted(r.deleted_ids))) for r in df.itertuples()} | {(sd, ()) for sd in p["seeds"]})
+    retrain_stats.append({"task": t, "retrains": n_retrains, "seconds": dt, "retrains_per_second": n_retrains / dt,
+                          "workers": p["workers"]})
     frames.append(df.assign(task=t))
 dele = pd.concat(frames, ignore_index=True)
-out.table("deletion_runs", dele.drop(columns=["deleted_ids"]))
-del_tab = pd.concat([deletion.del_table(g).assign(task=t) for t, g in dele.groupby("task", sort=False)],
-                    ignore_index=True)
-out.table("deletion_table", del_tab)
-del_tab
+out.table("deletion_runs", dele.assign(deleted_ids=dele.deleted_ids.map(lambda x: " ".join(map(str, x)))))
+retrain_stats = pd.DataFrame(retrain_stats)
+out.table("retrain_speed", retrain_stats)
+retrain_stats
+
+# %% [markdown]
+# ## DEL− / DEL+ with 95% CIs, excess over random, TracIn-WE's paired advantage
+# `mean [lo, hi]`: mean Δ over test examples (seeds averaged per example). `excess`: minus random
+# deletion's Δ on the same example (DEL−: negative = better than random; DEL+: positive = better).
+# `ref_adv`: how much better the reference TracIn-WE does than the method on the same examples
+# (positive = TracIn-WE better, in both directions). `ratio`: TracIn-WE mean / method mean.
 
 # %%
-ratios = pd.concat([deletion.effect_ratios(g).assign(task=t) for t, g in dele.groupby("task", sort=False)],
-                   ignore_index=True)
-out.table("effect_ratios", ratios)
-ratios
+stats = pd.concat([deletion.paired_stats(g, reference=REFERENCE, value=v, n_resamples=p["n_bootstrap"])
+                   .assign(task=t) for t, g in dele.groupby("task", sort=False) for v in ("delta", "dlogodds")],
+                  ignore_index=True)
+out.table("deletion_stats", stats)
+fmt = lambda r, a, b, c: f"{r[a]:+.4f} [{r[b]:+.4f}, {r[c]:+.4f}]" if pd.notna(r.get(a)) else ""
+view = stats[stats.value == "delta"].copy()
+view["Δp (95% CI)"] = view.apply(lambda r: fmt(r, "mean", "lo", "hi"), axis=1)
+view["excess over random"] = view.apply(lambda r: fmt(r, "excess", "excess_lo", "excess_hi"), axis=1)
+view["TracIn-WE advantage"] = view.apply(lambda r: fmt(r, "ref_adv", "ref_adv_lo", "ref_adv_hi"), axis=1)
+with pd.option_context("display.max_rows", 200, "display.width", 250):
+    display(view[["task", "direction", "k", "method", "Δp (95% CI)", "excess over random", "TracIn-WE advantage",
+                  "ratio", "n"]])
 
 # %%
-summary = pd.concat([deletion.summarize(g).assign(task=t) for t, g in dele.groupby("task", sort=False)],
-                    ignore_index=True)
-fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
-for ax, (t, g) in zip(axes[0], summary.groupby("task", sort=False)):
-    sns.barplot(data=g, x="method", y="mean", hue="direction", ax=ax, palette={"proponents": "tab:red",
-                                                                               "opponents": "tab:green"})
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set(title=f"{t}: Δp(label) after deleting top-k (k={','.join(map(str, p['ks']))})", ylabel="mean Δp", xlabel="")
-    ax.tick_params(axis="x", rotation=30, labelsize=8)
+methods_order = list(dict.fromkeys(stats.method))
+fig, axes = plt.subplots(len(tasks), 2, figsize=(13, 3.6 * len(tasks)), squeeze=False)
+for i, t in enumerate(tasks):
+    for j, d in enumerate(("proponents", "opponents")):
+        ax = axes[i, j]
+        g = stats[(stats.task == t) & (stats.direction == d) & (stats.value == "delta")]
+        ks = sorted(g.k.unique())
+        width = 0.8 / len(ks)
+        for q, k in enumerate(ks):
+            h = g[g.k == k].set_index("method").reindex(methods_order)
+            x = np.arange(len(methods_order)) + (q - (len(ks) - 1) / 2) * width
+            ax.bar(x, h["mean"], width, label=f"k={k}", alpha=0.8)
+            ax.errorbar(x, h["mean"], yerr=[h["mean"] - h["lo"], h["hi"] - h["mean"]], fmt="none", ecolor="black",
+                        capsize=2, lw=0.8)
+        ax.axhline(0, color="black", lw=0.7)
+        ax.set_xticks(np.arange(len(methods_order)), methods_order, rotation=35, ha="right", fontsize=8)
+        ax.set(title=f"{t}: delete top-k {d} ({'DEL−' if d == 'proponents' else 'DEL+'})",
+               ylabel="Δp(label), mean ± 95% CI")
+        ax.legend(fontsize=8)
 fig.tight_layout()
 out.figure("deletion", fig)
-if len(p["ks"]) > 1:
-    g = sns.relplot(data=summary, x="k", y="mean", hue="method", style="direction", col="task", kind="line", marker="o",
-                    height=3, aspect=1.3)
-    out.figure("deletion_vs_k", g.figure)
 
 # %% [markdown]
 # ## Word-level attributions: which shared tokens carry a pair's TracIn-WE influence
@@ -132,12 +271,13 @@ if len(p["ks"]) > 1:
 # %%
 rows = []
 for t, s in tasks.items():
-    we = TracInWE(s["model"], s["run_dir"], progress=False).fit(s["train"])
-    sc = all_scores[t]["tracin_we"]
-    for i in range(min(p["n_attribution_pairs"], len(s["test"]))):
+    we = TracInWE(s["model"], s["run_dir"], progress=False).fit(s["train_b"])
+    sc = all_scores[t][REFERENCE]
+    for i in range(min(p["n_attribution_pairs"], len(sc))):
         j = int(sc[i].argmax())
-        attr = we.word_attributions(s["test"].subset([i]), int(s["train"].ids[j]))
-        rows.append({"task": t, "test": s["test"].example(i)[:80], "top proponent": s["train"].example(j)[:80],
+        pos = int(s["positions"][i])
+        attr = we.word_attributions(s["tests_b"][i], int(s["train_b"].ids[j]))
+        rows.append({"task": t, "test": s["test"].example(pos)[:80], "top proponent": s["train"].example(j)[:80],
                      "score": float(sc[i, j]), "top tokens": ", ".join(f"{w} ({v:+.2g})" for w, v in attr[:5])})
 attributions = pd.DataFrame(rows)
 out.table("word_attributions", attributions)
@@ -146,42 +286,101 @@ with pd.option_context("display.max_colwidth", 90):
 
 # %% [markdown]
 # ## The cancellation effect: Σ‖g_i‖ / ‖Σ g_i‖ of the last layer vs the word embeddings
+# At the final checkpoint, over the training set (all tokens of the embedding block counted).
 
 # %%
-canc = pd.DataFrame([{"task": t, "last layer": cancellation_ratio(s["model"], s["train"], params="last"),
-                      "word embeddings": cancellation_ratio(s["model"], s["train"], params="embeddings",
-                                                            exclude_special=True)}
+canc = pd.DataFrame([{"task": t, "last layer": cancellation_ratio(s["model"], s["train_b"], params="last"),
+                      "word embeddings": cancellation_ratio(s["model"], s["train_b"], params="embeddings")}
                      for t, s in tasks.items()])
+canc["last / embeddings"] = canc["last layer"] / canc["word embeddings"]
 out.table("cancellation", canc)
 canc
 
 # %% [markdown]
-# ## Paper vs ours
+# ## Paper vs ours (verdicts computed from the criteria above)
 
 # %%
-def ratio_text(t):
-    r = ratios[(ratios.task == t) & ratios.method.isin(["tracin_last", "if_last", "representer", "grad_cos_last"])]
-    return "; ".join(f"{m}: DEL− x{a:.1f}, DEL+ x{b:.1f}" for m, a, b in zip(r.method, r.ratio_minus, r.ratio_plus))
-
-
-paper_vs_ours = pd.DataFrame(
-    [{"claim": f"TracIn-WE beats last-layer methods on case deletion ({t})", "paper": "4-10x (3 tasks)",
-      "ours": ratio_text(t)} for t in tasks]
-    + [{"claim": "cancellation is larger for the last layer than for word embeddings", "paper": "yes",
-        "ours": "; ".join(f"{r.task}: last {r._2:.1f} vs embeddings {r._3:.1f}" for r in canc.itertuples())}])
+PAPER = "TracIn-WE beats last-layer methods 4-10x on case deletion, 3 language tasks (v2 abstract; body not verified)"
+claims, headline = [], {}
+for t, g in dele.groupby("task", sort=False):
+    for cid, d, word in (("we_beats_last_on_deletion", "proponents", "proponent"),
+                         ("we_beats_last_on_deletion_plus", "opponents", "opponent")):
+        a = deletion.pooled_advantage(g, REFERENCE, LAST, d, n_resamples=p["n_bootstrap"])
+        lo = deletion.pooled_advantage(g, REFERENCE, LAST, d, value="dlogodds", n_resamples=p["n_bootstrap"])
+        headline[f"{cid}/{t}"] = {**a, "logodds": lo}
+        direction_text = "lowers" if d == "proponents" else "raises"
+        claims.append(claim(
+            f"{cid}/{t}",
+            claim=f"{t}: deleting TracIn-WE's top-k {word}s {direction_text} p(label) more than last-layer TracIn's",
+            paper=PAPER, ours=a["advantage"], ci95=a["ci95"], unit="Δp(label) advantage (WE − last, + = WE better)",
+            n=f"{a['n']} test examples x {len(p['seeds'])} seeds x k={tasks[t]['ks']}", criterion=CRIT_DEL,
+            ratio_of_means=a["ratio"], we_mean=a["reference_mean"], last_mean=a["other_mean"],
+            logodds_advantage=lo["advantage"], logodds_ci95=lo["ci95"],
+            reason=("the CI includes 0: on this task and model TracIn-WE's deletions do not move p(label) reliably "
+                    "more than last-layer TracIn's" if a["advantage"] > 0 else
+                    "last-layer TracIn's deletions move p(label) at least as much as TracIn-WE's here")))
+worst = float(canc["last / embeddings"].min())
+claims.append(claim(
+    "cancellation_larger_for_last_layer", claim="cancellation is larger for the last layer than for word embeddings",
+    paper="yes (paper's motivation; exact formula unverified)", ours=worst, unit="min over tasks of ratio last/emb",
+    n=f"{len(tasks)} tasks, final checkpoint, full training set", criterion=CRIT_CANC,
+    per_task={r.task: {"last": r._2, "embeddings": r._3} for r in canc.itertuples()},
+    reason="on some task the word-embedding gradients cancel at least as much as the last layer's"))
+paper_vs_ours = claims_frame(claims)
 out.table("paper_vs_ours", paper_vs_ours)
-with pd.option_context("display.max_colwidth", 250):
+with pd.option_context("display.max_colwidth", 200):
     display(paper_vs_ours)
+
+# %% [markdown]
+# **How to read the verdicts.** Each `we_beats_last_*` claim is decided on the paired advantage per
+# test example (pooled over k and seeds), not on the ratio of means. The DEL− and DEL+ claims are
+# separate: if only the DEL− claim is reproduced, TracIn-WE's advantage holds for deleting
+# proponents only. The per-k rows of the statistics table above show whether the advantage depends
+# on k, and the `excess over random` column shows whether a method does better than deleting random
+# examples at all.
+#
+# **Deviations from the paper.** SpamAssassin (spam vs ham) stands in for toxicity, SNLI with
+# entailment vs non-entailment for MNLI; there are two tasks, not three, because no other offline,
+# clearly licensed text-classification set is in the package registries this project can use (a
+# tweet-sentiment set would need the hub). The training sets are hundreds to a few thousand examples
+# (the paper: 50,000): in the `cpu` profile 500 spam emails and 4,000 SNLI pairs (with 2,000 pairs
+# the CNN stayed at the majority class). The CNN is smaller than the authors' (embedding 32, 32
+# filters instead of 128 and 50; sequences cut at 64 / 40 WordPieces), trained with AdamW instead of SGD (see the top), retraining uses
+# masked deletion, and k is 1% and 2.5% of the training set. To fit two CPU cores, the `cpu`
+# profile runs TracIn-WE top-k (10 tokens) only in the score-agreement table, not through deletion;
+# its scores agree closely with full TracIn-WE's (agreement table).
+
+# %%
+lines = []
+for c in claims:
+    ci = c["ci95"]
+    ci_txt = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
+    lines.append(f"- {c['id']}: ours = {c['ours']:+.4f}{ci_txt} ({c['unit']}) -> **{c['verdict']}**"
+                 + (f"; ratio of means WE/last = {c['ratio_of_means']:.2f}" if "ratio_of_means" in c else "")
+                 + (f"; log-odds advantage {c['logodds_advantage']:+.3f} [{c['logodds_ci95'][0]:+.3f}, "
+                    f"{c['logodds_ci95'][1]:+.3f}]" if "logodds_advantage" in c else ""))
+from IPython.display import Markdown
+Markdown("**Verdicts of this run (computed):**\n\n" + "\n".join(lines))
 
 # %%
 metrics = {
+    "model": p["text_model"],
     "test_accuracy": {t: s["res"].final["eval_accuracy"] for t, s in tasks.items()},
-    "del": {f"{r.task}/{r.method}/k{r.k}": {"del_minus": r.del_minus, "del_plus": r.del_plus} for r in del_tab.itertuples()},
-    "ratios": {f"{r.task}/{r.method}/k{r.k}": {"ratio_minus": r.ratio_minus, "ratio_plus": r.ratio_plus}
-               for r in ratios.itertuples()},
+    "majority_baseline": dict(zip(overview.task, overview.majority_baseline)),
+    "n_train": {t: s["n_train"] for t, s in tasks.items()},
+    "ks": {t: s["ks"] for t, s in tasks.items()},
+    "n_deletion_tests_per_task": {t: int(len(s["positions"])) for t, s in tasks.items()},
+    "seeds": len(p["seeds"]),
+    "retrains_per_second": {r.task: r.retrains_per_second for r in retrain_stats.itertuples()},
+    "retrains": {r.task: int(r.retrains) for r in retrain_stats.itertuples()},
+    "del": {f"{r.task}/{r.method}/{r.direction}/k{r.k}/{r.value}": {"mean": r.mean, "ci95": [r.lo, r.hi]}
+            for r in stats.itertuples()},
+    "headline": headline,
     "cancellation": {r.task: {"last": r._2, "embeddings": r._3} for r in canc.itertuples()},
-    "n_deletion_tests_per_task": p["n_deletion_tests"], "seeds": len(p["seeds"]),
+    "notebook_seconds": time.perf_counter() - t_start,
 }
-out.finish(metrics, notes=["SNLI-2 / SpamAssassin stand in for MNLI / toxicity; MiniLM-L6 for BERT-base",
-                           "retraining = fine-tuning from the same pretrained start on the reduced set"])
-metrics
+out.finish(metrics, claims=claims,
+           notes=["SNLI-2 / SpamAssassin stand in for MNLI / toxicity; "
+                  + ("word-embedding CNN trained from scratch" if p["text_model"] == "cnn" else p["text_model"]),
+                  "masked deletion: deleted examples get weight 0; same init and mini-batch order as the reference"])
+{k: metrics[k] for k in ("test_accuracy", "retrains_per_second", "notebook_seconds")}

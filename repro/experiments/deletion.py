@@ -1,27 +1,38 @@
 """Case deletion (Yeh et al. 2022, "First is Better Than Last"): first-layer vs last-layer influence.
 
 For every test example and influence method: delete the method's top-k proponents (or opponents) of
-that example from the training set, retrain with the same initialization and seed, and measure the
-change of the test example's predicted probability of its label (``delta = p_after - p_before``,
-``p_before`` from the same retraining on the full training set with the same seed). A good method
-has a large negative delta when proponents are deleted (DEL-) and a large positive delta when
-opponents are deleted (DEL+); random deletion shows the noise level of retraining.
+that example from the training set, retrain, and measure the change of the test example's predicted
+probability of its label (``delta = p_after - p_before``) and of its log-odds
+(``dlogodds = logit(p_after) - logit(p_before)``), ``p_before`` from the same retraining on the full
+training set with the same seed. A good method has a large negative delta when proponents are deleted
+(DEL-) and a large positive delta when opponents are deleted (DEL+); random deletion shows the noise
+level of retraining.
+
+**Masked deletion** (``make_retrain(..., deletion="masked")``, the default): the deleted examples stay
+in the data with weight 0, so every retraining has the initialisation and mini-batch order of the
+full-data reference of its seed. The comparison is paired: method A and method B differ only in which
+examples got weight 0, which keeps the retraining noise far below what "drop and reshuffle" gives.
 
 * :func:`method_scores` -- every method as an ``(n_test, n_train)`` matrix, **positive = proponent**:
-  ``tracin_we``, ``tracin_we_topk`` (TracIn-WE through the word embeddings), ``tracin_last``
-  (TracInCP on the last layer), ``if_last`` (influence function on the last layer, exact damped
-  Hessian), ``representer`` (representer points), ``grad_cos_last`` (cosine of last-layer gradients)
+  ``tracin_we`` (TracIn-WE over every checkpoint), ``tracin_we_2ck`` (two checkpoints, the middle and
+  the last, no learning-rate factor: the authors' notebook), ``tracin_we_topk`` (top-k token rows),
+  ``tracin_last`` (TracInCP on the last layer), ``if_last`` (influence function on the last layer,
+  exact damped Hessian), ``representer`` (representer points), ``grad_cos_last`` (cosine of
+  last-layer gradients), ``tracin_middle`` (TracInCP on the model's ``"middle"`` parameter group)
   and ``random``.
-* :func:`make_retrain` -- the default retraining: fine-tune a fresh copy of the same start (the
-  pretrained encoder, head initialised from a fixed seed) with :class:`repro.train.Trainer`.
-* :func:`case_deletion` -- the retraining loop, returning a tidy table.
-* :func:`summarize`, :func:`del_table`, :func:`effect_ratios` -- means, DEL-/DEL+ and the ratio of
-  TracIn-WE's effect to each other method's (the paper reports 4-10x over last-layer methods).
+* :func:`make_retrain` -- the retraining: ``retrain(train, seed, deleted_ids) -> model``.
+* :func:`case_deletion` -- the retraining loop (optionally over worker processes), with shared
+  random deletion sets, returning a tidy table.
+* :func:`paired_stats` -- per (method, k, direction): mean effect with a bootstrap CI over test
+  examples, the excess over random and the paired advantage of a reference method, with CIs.
+* :func:`summarize`, :func:`del_table`, :func:`effect_ratios` -- means, DEL-/DEL+ and ratios of means.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -38,13 +49,17 @@ from repro.train import TrainConfig, Trainer, predict
 from repro.utils import progress
 
 __all__ = ["METHODS", "LAST_LAYER_METHODS", "method_scores", "all_method_scores", "make_retrain",
-           "top_ids", "case_deletion", "summarize", "del_table", "effect_ratios"]
+           "top_ids", "random_sets", "case_deletion", "unit_values", "paired_stats", "logodds", "summarize",
+           "del_table", "effect_ratios"]
 
 # method name -> options it accepts (anything else raises: no silently ignored arguments)
+_WE_OPTIONS = {"lr_weighting", "exclude_special", "top_k_tokens", "n_checkpoints", "batch_size", "device", "progress"}
 _OPTIONS = {
-    "tracin_we": {"lr_weighting", "exclude_special", "top_k_tokens", "batch_size", "device", "progress"},
-    "tracin_we_topk": {"lr_weighting", "exclude_special", "top_k_tokens", "batch_size", "device", "progress"},
+    "tracin_we": _WE_OPTIONS,
+    "tracin_we_2ck": _WE_OPTIONS,
+    "tracin_we_topk": _WE_OPTIONS,
     "tracin_last": {"lr_weighting", "batch_size", "device", "progress"},
+    "tracin_middle": {"params", "lr_weighting", "batch_size", "device", "progress"},
     "if_last": {"damping", "batch_size", "device"},
     "representer": {"lam", "max_iter", "batch_size", "device"},
     "grad_cos_last": {"batch_size", "device"},
@@ -52,7 +67,7 @@ _OPTIONS = {
 }
 METHODS = tuple(_OPTIONS)
 LAST_LAYER_METHODS = ("tracin_last", "if_last", "representer", "grad_cos_last")
-Retrain = Callable[[object, int], torch.nn.Module]  # (train subset, seed) -> trained model
+Retrain = Callable[..., torch.nn.Module]  # (train, seed, deleted_ids=()) -> trained model
 
 
 def _final_model(model, checkpoints):
@@ -68,6 +83,18 @@ def _n(data) -> int:
     return len(data)
 
 
+def select_checkpoints(checkpoints, n: int | None):
+    """All checkpoints (``n`` None), or ``n`` of them evenly spaced and ending with the last one
+    (``n = 2`` of 10 epoch checkpoints: epochs 5 and 10, the authors' "epoch-4 and epoch-9")."""
+    cks = resolve_checkpoints(checkpoints)
+    if n is None or n >= len(cks):
+        return cks
+    if n < 1:
+        raise ValueError(f"n_checkpoints must be >= 1, got {n}")
+    step = len(cks) / n
+    return [cks[int(round(step * (i + 1))) - 1] for i in range(n)]
+
+
 def method_scores(name: str, model, checkpoints, train, test, **options) -> torch.Tensor:
     """Influence of every training example on every test example, ``(n_test, n_train)``, float32,
     positive = proponent (helps the test example's label), for every method.
@@ -80,9 +107,12 @@ def method_scores(name: str, model, checkpoints, train, test, **options) -> torc
         train, test: Datasets or encoded Batches (columns / rows in their order).
         options: per method (others raise TypeError):
 
-          * ``tracin_we`` / ``tracin_we_topk``: ``lr_weighting`` (True), ``exclude_special`` (True),
-            ``top_k_tokens`` (None / 10), ``batch_size``, ``device``, ``progress``;
+          * ``tracin_we`` / ``tracin_we_2ck`` / ``tracin_we_topk``: ``lr_weighting`` (True; False for
+            ``tracin_we_2ck``), ``exclude_special`` (True), ``top_k_tokens`` (None / None / 10),
+            ``n_checkpoints`` (None = all / 2 / None), ``batch_size``, ``device``, ``progress``;
           * ``tracin_last``: ``lr_weighting`` (True), ``batch_size``, ``device``, ``progress``;
+          * ``tracin_middle``: TracInCP on ``params`` (default the model's ``"middle"`` group), same
+            options as ``tracin_last``;
           * ``if_last``: ``damping`` (1e-3); ``representer``: ``lam`` (1e-3), ``max_iter``;
           * ``grad_cos_last``: cosine of the last-layer loss gradients at the last checkpoint;
           * ``random``: ``seed`` (0): i.i.d. normal scores (top-k = a random set).
@@ -93,16 +123,28 @@ def method_scores(name: str, model, checkpoints, train, test, **options) -> torc
     if bad:
         raise TypeError(f"method {name!r} takes no option(s) {sorted(bad)}; it takes {sorted(_OPTIONS[name])}")
     o = dict(options)
-    if name in ("tracin_we", "tracin_we_topk"):
+    if name in ("tracin_we", "tracin_we_2ck", "tracin_we_topk"):
         if name == "tracin_we_topk":
             o.setdefault("top_k_tokens", 10)
+        if name == "tracin_we_2ck":
+            o.setdefault("n_checkpoints", 2)
+            o.setdefault("lr_weighting", False)
+        n_ck = o.pop("n_checkpoints", None)
+        if n_ck is not None:
+            if checkpoints is None:
+                raise ValueError(f"{name} with n_checkpoints={n_ck} needs checkpoints (a run folder)")
+            checkpoints = select_checkpoints(checkpoints, n_ck)
         o.setdefault("progress", False)
         return TracInWE(model, checkpoints, **o).fit(train).scores(test)
-    if name == "tracin_last":
+    if name in ("tracin_last", "tracin_middle"):
         if checkpoints is None:
-            raise ValueError("tracin_last needs checkpoints (a run folder or Checkpoint list)")
+            raise ValueError(f"{name} needs checkpoints (a run folder or Checkpoint list)")
         o.setdefault("progress", False)
-        return TracInCP(model, checkpoints, params="last", **o).fit(train).scores(test)
+        params = o.pop("params", "middle") if name == "tracin_middle" else "last"
+        if name == "tracin_middle" and params == "middle" and "middle" not in model.group_prefixes():
+            raise UnknownNameError(f"{type(model).__name__} has no 'middle' parameter group; pass "
+                                   "tracin_middle's params=[parameter names]")
+        return TracInCP(model, checkpoints, params=params, **o).fit(train).scores(test)
     if name == "random":
         g = torch.Generator().manual_seed(int(o.get("seed", 0)))
         return torch.randn(_n(test), _n(train), generator=g)
@@ -143,26 +185,31 @@ def all_method_scores(names: Iterable[str], model, checkpoints, train, test,
 
 
 # ---------------------------------------------------------------------------- retraining
-def make_retrain(init, config: TrainConfig, init_seed: int | None = None) -> Retrain:
-    """The default retraining for case deletion: ``retrain(train_subset, seed) -> trained model``.
+DELETIONS = ("masked", "drop")
 
-    Every retraining starts from the **same initialization** and fine-tunes it with
+
+def make_retrain(init, config: TrainConfig, init_seed: int | None = None, deletion: str = "masked") -> Retrain:
+    """The retraining for case deletion: ``retrain(train, seed, deleted_ids=()) -> trained model``.
+
+    Every retraining of a seed starts from the **same initialization** and trains it with
     :class:`repro.train.Trainer` and ``config`` (its ``seed`` replaced by ``seed``, which fixes the
     shuffling order and dropout noise; no checkpoints are written):
 
-    * ``init`` a model: a deep copy of its current weights (for the text classifier: the pretrained
-      encoder and a head initialised once), whatever the seed;
+    * ``init`` a model: a deep copy of its current weights (for the fine-tuned text classifier: the
+      pretrained encoder and a head initialised once), whatever the seed;
     * ``init`` a callable ``seed -> fresh model``: the model built from ``init_seed`` when given
       (one shared initialization), else from ``seed`` (initialization varies with the seed, as
       "retraining from scratch over several seeds" does).
 
-    Why this is the default: the influence scores explain a fine-tuning run, so the counterfactual
-    is the same fine-tuning without the deleted examples. Fine-tuning from the pretrained start for
-    the original number of epochs is "retraining from scratch" for a BERT-family model, and is the
-    cheapest retraining that keeps the effect: fewer steps blunt the effect of the deleted examples,
-    while training only the head would change the model being explained. ``p_before`` comes from the
-    same function on the full training set, so the delta isolates the deletion.
+    ``deletion``: ``"masked"`` (default) keeps the deleted examples in the data with weight 0
+    (:meth:`Trainer.fit` ``masked_ids``): the same mini-batch order as the full-data run of the seed,
+    so the only difference between two retrainings is the deleted set (a paired design with a low
+    noise floor); ``"drop"`` removes them (``train.exclude``), which reshuffles the remaining order.
+    ``p_before`` comes from ``retrain(train, seed)`` with nothing deleted, so the delta isolates the
+    deletion.
     """
+    if deletion not in DELETIONS:
+        raise UnknownNameError(f"deletion must be one of {DELETIONS}, got {deletion!r}")
     base_cfg = dataclasses.replace(config, progress=False)
 
     def build(seed: int):
@@ -170,12 +217,20 @@ def make_retrain(init, config: TrainConfig, init_seed: int | None = None) -> Ret
             return copy.deepcopy(init)
         return init(seed if init_seed is None else init_seed)
 
-    def retrain(train_subset, seed: int):
+    def retrain(train, seed: int, deleted_ids=()):
         model = build(seed)
-        Trainer(model, dataclasses.replace(base_cfg, seed=int(seed))).fit(train_subset)
+        trainer = Trainer(model, dataclasses.replace(base_cfg, seed=int(seed)))
+        deleted = [int(i) for i in deleted_ids]
+        if not deleted:
+            trainer.fit(train)
+        elif deletion == "masked":
+            trainer.fit(train, masked_ids=deleted)
+        else:
+            trainer.fit(train.exclude(deleted))
         return model.eval()
 
     retrain.config = base_cfg  # type: ignore[attr-defined]
+    retrain.deletion = deletion  # type: ignore[attr-defined]
     return retrain
 
 
@@ -193,70 +248,205 @@ def top_ids(scores: torch.Tensor, train_ids, k: int, direction: str) -> np.ndarr
     return np.asarray(train_ids)[order[:int(k)].numpy()]
 
 
+def random_sets(train_ids, k: int, n_sets: int, seed: int = 0) -> list[np.ndarray]:
+    """``n_sets`` random deletion sets of ``k`` training ids (seeded; the same for every test example,
+    so each costs one retraining per seed)."""
+    rng = np.random.default_rng([int(seed), int(k)])
+    ids = np.asarray(train_ids)
+    return [np.sort(rng.choice(ids, size=int(k), replace=False)) for _ in range(int(n_sets))]
+
+
+def logodds(p) -> np.ndarray:
+    """``log(p / (1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
 def _label_probs(model, data) -> np.ndarray:
-    """Predicted probability of each example's own label (eval mode)."""
+    """Predicted probability of each example's own label (eval mode), float64."""
     batch = as_batch(model, data)
-    logits = predict(model, batch)
+    logits = predict(model, batch).double()
     return F.softmax(logits, 1).gather(1, batch.labels.view(-1, 1)).squeeze(1).numpy()
+
+
+_WORK: dict = {}  # what forked workers inherit: the retrain function and the data
+
+
+def _work(key):
+    seed, ids = key
+    w = _WORK
+    return key, _label_probs(w["retrain"](w["train"], seed, ids), w["test"])
+
+
+def _worker_init():
+    torch.set_num_threads(1)
+
+
+def _retrain_all(keys, retrain, train, test, workers: int, bar) -> dict:
+    """``{(seed, deleted ids): label probabilities of test}`` for every key, in ``workers`` forked
+    processes (1: here)."""
+    out = {}
+    if workers <= 1 or len(keys) < 2:
+        for key in keys:
+            out[key] = _label_probs(retrain(train, key[0], key[1]), test)
+            bar.update(1)
+        return out
+    _WORK.update(retrain=retrain, train=train, test=test)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(int(workers), mp_context=ctx, initializer=_worker_init) as ex:
+            for key, probs in ex.map(_work, keys, chunksize=max(1, min(8, len(keys) // (4 * workers)))):
+                out[key] = probs
+                bar.update(1)
+    finally:
+        _WORK.clear()
+    return out
 
 
 def case_deletion(scores: dict[str, torch.Tensor], train, test, retrain: Retrain, ks: Sequence[int] = (10,),
                   seeds: Sequence[int] = (0,), directions: Sequence[str] = ("proponents", "opponents"),
-                  test_positions: Sequence[int] | None = None, show_progress: bool = True) -> pd.DataFrame:
+                  test_positions: Sequence[int] | None = None, n_random_sets: int = 0, random_seed: int = 0,
+                  workers: int = 1, show_progress: bool = True) -> pd.DataFrame:
     """Run case deletion for every (test example, method, k, direction, seed).
 
     Args:
         scores: ``{method: (n_test, n_train)}`` (from :func:`method_scores`), positive = proponent;
             rows follow ``test``, columns ``train``.
-        train, test: Datasets (or Batches) with stable ids; the deleted examples are removed with
-            ``train.exclude(ids)``.
-        retrain: ``(train subset, seed) -> trained model`` (e.g. :func:`make_retrain`).
+        train, test: Datasets or encoded Batches with stable ids (encode once and pass Batches when
+            many retrainings share them).
+        retrain: ``(train, seed, deleted_ids) -> trained model`` (e.g. :func:`make_retrain`).
         ks: numbers of examples to delete.
         seeds: retraining seeds; each seed also gets a full-data model for ``p_before``.
         directions: ``"proponents"`` and/or ``"opponents"``.
         test_positions: which test rows to run (default: all).
+        n_random_sets: add method ``"random"`` with this many random deletion sets per (k, direction),
+            shared by every test example (column ``rep`` numbers them; other methods have rep 0).
+        random_seed: seed of the random sets.
+        workers: retrain in this many forked worker processes (each single-threaded).
         show_progress: progress bar over retrainings.
 
-    Returns a tidy table: ``test_id, method, direction, k, seed, p_before, p_after, delta,
-    deleted_ids`` (``delta = p_after - p_before``, probabilities of the test example's label).
-    Retrainings with the same (seed, deleted set) are done once and reused (e.g. when two methods
-    pick the same examples).
+    Returns a tidy table: ``test_id, method, direction, k, seed, rep, p_before, p_after, delta,
+    logodds_before, logodds_after, dlogodds, deleted_ids`` (probabilities of the test example's
+    label). Retrainings with the same (seed, deleted set) are done once and reused (e.g. when two
+    methods pick the same examples).
     """
     n_test, n_train = len(test), len(train)
     for m, s in scores.items():
         if tuple(s.shape) != (n_test, n_train):
             raise ValueError(f"scores[{m!r}] has shape {tuple(s.shape)}, expected ({n_test}, {n_train})")
+    if "random" in scores and n_random_sets:
+        raise ValueError("give random deletion either as scores['random'] or as n_random_sets, not both")
     if max(ks) > n_train - 1:
         raise ValueError(f"k={max(ks)} would delete (almost) the whole training set of {n_train}")
     positions = list(range(n_test)) if test_positions is None else [int(p) for p in test_positions]
+    if positions and (min(positions) < 0 or max(positions) >= n_test):
+        raise IndexError(f"test_positions must lie in [0, {n_test}), got {min(positions)}..{max(positions)}")
     train_ids = np.asarray(train.ids)
     test_ids = np.asarray(test.ids)
-    jobs = []
+    jobs = []  # (seed, test position, method, k, direction, rep, deleted ids)
     for seed in seeds:
         for pos in positions:
             for m, s in scores.items():
                 for k in ks:
                     for d in directions:
-                        jobs.append((seed, pos, m, int(k), d, top_ids(s[pos], train_ids, k, d)))
-    unique = {(seed, tuple(sorted(ids.tolist()))) for seed, _, _, _, _, ids in jobs}
-    bar = progress(total=len(unique) + len(seeds), desc="case-deletion retrains", disable=not show_progress)
-    before: dict[int, np.ndarray] = {}
-    after: dict[tuple, np.ndarray] = {}
-    for seed in seeds:
-        before[seed] = _label_probs(retrain(train, seed), test)
-        bar.update(1)
-    rows = []
-    for seed, pos, m, k, d, ids in jobs:
-        key = (seed, tuple(sorted(ids.tolist())))
-        if key not in after:
-            after[key] = _label_probs(retrain(train.exclude(ids), seed), test)
-            bar.update(1)
-        p0, p1 = float(before[seed][pos]), float(after[key][pos])
-        rows.append({"test_id": int(test_ids[pos]), "method": m, "direction": d, "k": k, "seed": int(seed),
-                     "p_before": p0, "p_after": p1, "delta": p1 - p0,
-                     "deleted_ids": tuple(int(i) for i in ids)})
+                        jobs.append((seed, pos, m, int(k), d, 0, top_ids(s[pos], train_ids, k, d)))
+        for k in ks:
+            for di, d in enumerate(directions):
+                for r, ids in enumerate(random_sets(train_ids, k, n_random_sets, random_seed + 7 * di)):
+                    for pos in positions:
+                        jobs.append((seed, pos, "random", int(k), d, r, ids))
+    keys = [(int(seed), ()) for seed in seeds]
+    keys += list(dict.fromkeys((int(j[0]), tuple(sorted(int(i) for i in j[6]))) for j in jobs))
+    keys = list(dict.fromkeys(keys))
+    bar = progress(total=len(keys), desc="case-deletion retrains", disable=not show_progress)
+    probs = _retrain_all(keys, retrain, train, test, workers, bar)
     bar.close()
+    rows = []
+    for seed, pos, m, k, d, rep, ids in jobs:
+        p0 = float(probs[(int(seed), ())][pos])
+        p1 = float(probs[(int(seed), tuple(sorted(int(i) for i in ids)))][pos])
+        l0, l1 = float(logodds(p0)), float(logodds(p1))
+        rows.append({"test_id": int(test_ids[pos]), "method": m, "direction": d, "k": k, "seed": int(seed),
+                     "rep": int(rep), "p_before": p0, "p_after": p1, "delta": p1 - p0,
+                     "logodds_before": l0, "logodds_after": l1, "dlogodds": l1 - l0,
+                     "deleted_ids": tuple(int(i) for i in ids)})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- paired statistics
+def unit_values(frame: pd.DataFrame, value: str = "delta") -> pd.DataFrame:
+    """One value per (method, k, direction, test example): ``value`` averaged over seeds and random
+    repetitions (the test example is the unit of the bootstrap)."""
+    if value not in frame:
+        raise KeyError(f"no column {value!r} in the deletion table; use 'delta' or 'dlogodds'")
+    return (frame.groupby(["method", "k", "direction", "test_id"], sort=False)[value].mean()
+            .rename("value").reset_index())
+
+
+def _boot(x, n_resamples, seed):
+    from repro.claims import bootstrap_ci
+
+    return bootstrap_ci(x, n_resamples=n_resamples, seed=seed)
+
+
+def paired_stats(frame: pd.DataFrame, reference: str = "tracin_we", value: str = "delta",
+                 random: str = "random", n_resamples: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """Per (method, k, direction), over test examples (the unit; seeds averaged first):
+
+    * ``mean``, ``lo``, ``hi``: the mean effect (``value``: ``delta`` of p(label) or ``dlogodds``)
+      with its 95% percentile-bootstrap CI;
+    * ``excess``, ``excess_lo``, ``excess_hi``: the effect minus random deletion's effect on the same
+      test example (proponents: more negative is better, so ``excess < 0`` = better than random;
+      opponents: ``excess > 0`` = better);
+    * ``ref_adv``, ``ref_adv_lo``, ``ref_adv_hi``: how much better the ``reference`` method does on
+      the same test examples, oriented so that **positive = reference better**: for proponents
+      ``value[method] - value[reference]`` (how much more the reference lowers it), for opponents
+      ``value[reference] - value[method]``;
+    * ``ratio``: reference mean / method mean (a descriptive ratio of means; unstable when the
+      method's mean is near 0); ``n``: test examples.
+    """
+    u = unit_values(frame, value)
+    wide = u.pivot_table(index=["k", "direction", "test_id"], columns="method", values="value", sort=False)
+    has_ref = reference in wide.columns
+    has_rnd = random in wide.columns
+    rows = []
+    methods = list(dict.fromkeys(u["method"]))
+    for m in methods:
+        for (k, d), g in wide.groupby(level=["k", "direction"], sort=False):
+            x = g[m].dropna()
+            if x.empty:
+                continue
+            mean, (lo, hi) = _boot(x.values, n_resamples, seed)
+            row = {"method": m, "k": int(k), "direction": d, "value": value, "mean": mean, "lo": lo, "hi": hi,
+                   "n": int(len(x))}
+            if has_rnd and m != random:
+                ex, (elo, ehi) = _boot((g[m] - g[random]).dropna().values, n_resamples, seed)
+                row.update(excess=ex, excess_lo=elo, excess_hi=ehi)
+            if has_ref and m != reference:
+                sign = 1.0 if d == "proponents" else -1.0
+                adv, (alo, ahi) = _boot((sign * (g[m] - g[reference])).dropna().values, n_resamples, seed)
+                ref_mean = float(g[reference].mean())
+                row.update(ref_adv=adv, ref_adv_lo=alo, ref_adv_hi=ahi,
+                           ratio=ref_mean / mean if mean != 0 else float("nan"))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pooled_advantage(frame: pd.DataFrame, reference: str, other: str, direction: str, value: str = "delta",
+                     n_resamples: int = 5000, seed: int = 0) -> dict:
+    """The reference method's advantage over ``other`` in one direction, pooled over k and seeds per
+    test example (positive = reference better, see :func:`paired_stats`), with a 95% bootstrap CI
+    over test examples, and the ratio of mean effects (reference / other) as a descriptive number."""
+    f = frame[frame["direction"] == direction]
+    per = f[f["method"].isin([reference, other])].groupby(["test_id", "method"])[value].mean().unstack()
+    if reference not in per or other not in per:
+        raise KeyError(f"the deletion table lacks {reference!r} or {other!r} for {direction!r}")
+    per = per.dropna()
+    sign = 1.0 if direction == "proponents" else -1.0
+    adv, ci = _boot((sign * (per[other] - per[reference])).values, n_resamples, seed)
+    ref_m, oth_m = float(per[reference].mean()), float(per[other].mean())
+    return {"advantage": adv, "ci95": ci, "n": int(len(per)), "reference_mean": ref_m, "other_mean": oth_m,
+            "ratio": ref_m / oth_m if oth_m != 0 else float("nan")}
 
 
 # ---------------------------------------------------------------------------- summaries

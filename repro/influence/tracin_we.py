@@ -491,7 +491,9 @@ class TracInWE:
         contrib = self.token_contributions(test_example, train_example)
         toks = sorted(contrib.items(), key=lambda kv: -abs(kv[1]))
         tokenizer = getattr(self.model, "tokenizer", None)
-        if tokenizer is not None and hasattr(tokenizer, "convert_ids_to_tokens"):
+        if callable(getattr(self.model, "convert_ids_to_tokens", None)):  # models with remapped ids (WordCNN)
+            names = self.model.convert_ids_to_tokens([t for t, _ in toks])
+        elif tokenizer is not None and hasattr(tokenizer, "convert_ids_to_tokens"):
             names = tokenizer.convert_ids_to_tokens([t for t, _ in toks])
         else:
             names = [str(t) for t, _ in toks]

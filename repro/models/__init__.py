@@ -1,4 +1,4 @@
-"""Models: the BERT-family text classifier, the small-image VGG, turn-over dropout."""
+"""Models: the BERT-family text classifier, the word-embedding CNN, the small-image VGG, turn-over dropout."""
 from __future__ import annotations
 
 from repro.errors import UnknownNameError
@@ -6,7 +6,7 @@ from repro.models.base import ReproModel
 
 
 def build_model(spec: dict, seed: int | None = None) -> ReproModel:
-    """Build a model from its spec (``model.spec``; ``kind`` is ``"vgg"`` or ``"text"``).
+    """Build a model from its spec (``model.spec``; ``kind`` is ``"vgg"``, ``"text"`` or ``"word_cnn"``).
 
     ``seed`` makes the random initialisation (the heads) reproducible without touching the global
     RNG of the caller."""
@@ -14,8 +14,8 @@ def build_model(spec: dict, seed: int | None = None) -> ReproModel:
 
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    if kind not in ("vgg", "text"):
-        raise UnknownNameError(f"unknown model kind {kind!r}; use 'vgg' or 'text'")
+    if kind not in ("vgg", "text", "word_cnn"):
+        raise UnknownNameError(f"unknown model kind {kind!r}; use 'vgg', 'text' or 'word_cnn'")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -23,6 +23,10 @@ def build_model(spec: dict, seed: int | None = None) -> ReproModel:
             from repro.models.vision import VGG
 
             return VGG(**spec)
+        if kind == "word_cnn":
+            from repro.models.cnn import WordCNN
+
+            return WordCNN(**spec)
         from repro.models.text import TextClassifier
 
         return TextClassifier(**spec)
@@ -40,4 +44,22 @@ def text_classifier(**kwargs) -> ReproModel:
     return build_model({"kind": "text", **kwargs}, seed=seed)
 
 
-__all__ = ["ReproModel", "build_model", "text_classifier", "vgg"]
+def word_cnn(train=None, vocab=None, **kwargs) -> ReproModel:
+    """Shortcut for the word-embedding CNN (:class:`repro.models.cnn.WordCNN`); its vocabulary is
+    built from ``train`` (a TextDataset, see :func:`repro.models.cnn.build_vocab`) unless ``vocab``
+    is given. ``num_classes`` defaults to ``train.num_classes``; ``seed`` fixes the initialisation."""
+    from repro.models.cnn import build_vocab
+
+    if vocab is None:
+        if train is None:
+            raise ValueError("word_cnn needs a training set to build its vocabulary, or vocab=[...]")
+        vocab = build_vocab(train, kwargs.get("tokenizer", "minilm"), kwargs.get("max_length", 128))
+    if "num_classes" not in kwargs:
+        if train is None:
+            raise ValueError("word_cnn needs num_classes= when no training set is given")
+        kwargs["num_classes"] = train.num_classes
+    seed = kwargs.pop("seed", None)
+    return build_model({"kind": "word_cnn", "vocab": list(vocab), **kwargs}, seed=seed)
+
+
+__all__ = ["ReproModel", "build_model", "text_classifier", "vgg", "word_cnn"]

@@ -124,8 +124,9 @@ class TextClassifier(ReproModel):
                 p.requires_grad_(False)
 
     def group_prefixes(self) -> dict[str, list[str]]:
+        mid = len(self.encoder.encoder.layer) // 2  # "middle": the feed-forward output of the middle layer
         return {"last": ["classifier."], "embeddings": ["encoder.embeddings.word_embeddings."],
-                "pooler": ["encoder.pooler."]}
+                "pooler": ["encoder.pooler."], "middle": [f"encoder.encoder.layer.{mid}.output.dense."]}
 
     @property
     def word_embeddings(self) -> nn.Embedding:
