@@ -50,7 +50,7 @@ from repro.checks import (as_finite_float, as_int, as_positive_int, check_finite
                           check_unique_ids)
 from repro.errors import InvalidParameterError, UnsafePathError
 from repro.models import ReproModel, build_model
-from repro.utils import (atomic_write_json, atomic_write_with, fsync_file, progress, resolve_device,
+from repro.utils import (atomic_write_json, atomic_write_with, fsync_file, progress, resolve_device, sha256_file,
                          set_default_mode)
 
 SCHEDULES = ("constant", "linear", "cosine", "step")
@@ -234,14 +234,6 @@ def _load_optim(path: Path, device) -> dict:
     return st
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 _STATE_FILES = ("weights.safetensors", "optim.pt")
 
 
@@ -261,7 +253,7 @@ def commit_resume_point(state_dir: Path, weights: dict, optim_state: dict, meta:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=state_dir))
     try:
         _write_state_files(tmp, weights, optim_state)
-        manifest = {**meta, "files": {f: _sha256(tmp / f) for f in _STATE_FILES}}
+        manifest = {**meta, "files": {f: sha256_file(tmp / f) for f in _STATE_FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         for f in (*_STATE_FILES, "manifest.json"):
             fsync_file(tmp / f)
@@ -306,7 +298,7 @@ def read_resume_point(state_dir: Path) -> tuple[dict, Path, Path] | None:
         path = folder / f
         if not path.is_file() or path.is_symlink():
             raise CheckpointError(f"resume point file {path} is missing; use resume=False to start over")
-        if files.get(f) != _sha256(path):
+        if files.get(f) != sha256_file(path):
             raise CheckpointError(f"resume point file {path} does not match its manifest (damaged or "
                                   "replaced); use resume=False to start over")
     return meta, folder / "weights.safetensors", folder / "optim.pt"

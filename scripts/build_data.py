@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import glob
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -30,20 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from repro.utils import sha256_file
+
 SEED = 0
 FASHION_TRAIN, FASHION_TEST = 12_000, 3_000
 MNIST_TEST = 2_000
 SNLI_TRAIN = 20_000
 SPAM_BODY_CHARS = 1_500
 TEST_ID_OFFSET = 1_000_000  # test ids never collide with train ids
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -225,7 +218,7 @@ def main() -> None:
             tmp.mkdir()
             info = builder(archives[key], args.out, tmp)
             provenance[name] = {"source": source, "archive": archives[key].name,
-                                "sha256": sha256(archives[key]), "licence": licence, **info}
+                                "sha256": sha256_file(archives[key]), "licence": licence, **info}
     provenance["_built_by"] = "scripts/build_data.py"
     (args.out / "PROVENANCE.json").write_text(json.dumps(provenance, indent=2) + "\n")
     for f in sorted(os.listdir(args.out)):

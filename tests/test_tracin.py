@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from brute import brute_grads as _brute
 
 from repro.data import load
 from repro.errors import ConfigMismatchError
@@ -20,17 +21,7 @@ PROJ = ["fc.bias", "classifier"]  # d = 5642: a 5642 x 2048 projection is drawn 
 
 def brute_grads(model, ck, batch, names):
     """Per-example loss gradients at checkpoint ``ck``, one autograd call per example."""
-    m = copy.deepcopy(model)
-    ck.load_into(m)
-    m.eval()
-    params = dict(m.named_parameters())
-    rows = []
-    for i in range(len(batch)):
-        ex = batch[i]
-        loss = F.cross_entropy(m(**ex.inputs), ex.labels)
-        gs = torch.autograd.grad(loss, [params[n] for n in names])
-        rows.append(torch.cat([g.reshape(-1) for g in gs]))
-    return torch.stack(rows)
+    return _brute(model, batch, names, checkpoint=ck)
 
 
 def brute_scores(model, cks, weights, train, test, names):

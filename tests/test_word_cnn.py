@@ -3,7 +3,6 @@ vocabulary remap, TracIn-WE on the CNN equals the dense embedding-matrix gradien
 and middle-layer TracIn equal brute-force gradient products, masked training equals dropping the
 examples from the same mini-batch order, and the batched trainer equals one-at-a-time training."""
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from repro.models import build_model, word_cnn
 from repro.models.cnn import PAD, UNK, build_vocab
 from repro.multitrain import masked_fit, stacked_predict, unstack, weight_matrix
 from repro.train import TrainConfig, Trainer, list_checkpoints
+from brute import brute_grads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,15 +77,7 @@ def test_vocab_remap_and_spec_roundtrip(data):
 
 
 def _dense_grads(model, batch, names):
-    m = copy.deepcopy(model).eval()
-    params = dict(m.named_parameters())
-    rows = []
-    for i in range(len(batch)):
-        ex = batch[i]
-        loss = F.cross_entropy(m(**ex.inputs), ex.labels)
-        gs = torch.autograd.grad(loss, [params[n] for n in names])
-        rows.append(torch.cat([g.reshape(-1) for g in gs]).double())
-    return torch.stack(rows)
+    return brute_grads(model, batch, names).double()
 
 
 def _brute_tracin(model, cks, train, test, names, zero_rows=None, weights=None):
