@@ -8,21 +8,37 @@
     repro run quickstart --params-file sweep.yaml   (a YAML mapping of overrides)
 
 The executed copy is written to ``results/<notebook>/<profile>/<notebook>.ipynb``; the source
-notebook is never overwritten. While running, the copy is ``<notebook>.partial.ipynb``; a failed run
-leaves ``<notebook>.failed.ipynb`` (with the traceback) and exits non-zero.
+notebook is never overwritten.
+
+Every run is isolated and all-or-nothing:
+
+* a lock (``results/<notebook>/.<profile>.lock`` and ``runs/<notebook>/.<profile>.lock``) refuses a
+  second run of the same notebook and profile while one is going (RunLockedError);
+* the notebook writes into a private staging folder ``results/<notebook>/.<profile>.run-<id>/``; only
+  when it finished without error is that folder swapped into place (two renames), so a finished
+  run's files are never mixed with, or partly replaced by, those of another run;
+* a failed or stopped run's folder is moved to ``results/<notebook>/<profile>.failed/`` (executed
+  notebook ``<notebook>.failed.ipynb`` with the traceback, without ``metrics.json``) and the
+  command exits non-zero;
+* SIGINT (Ctrl-C) and SIGTERM stop the run: the kernel is shut down, nothing is moved into place,
+  ``repro run all`` does not go on with the next notebook, and the exit status is 128 + signal.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from repro.errors import ReproError, UnknownNameError
-from repro.results import repo_root, results_root
+from repro.errors import ReproError, RunInterruptedError, RunLockedError, UnknownNameError
+from repro.results import git_commit, repo_root, results_root, runs_root
 
 
 def notebooks_dir() -> Path:
@@ -40,13 +56,143 @@ def list_notebooks() -> list[str]:
 
 
 def parse_value(text: str):
-    """``--set key=value`` values are read as YAML scalars (numbers, true/false, null, lists)."""
-    return yaml.safe_load(text)
+    """``--set key=value`` values are read as YAML scalars (numbers, true/false, null, lists);
+    ``1e-4`` is a number too (YAML 1.1 would read it as a string)."""
+    import re
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
+class RunLock:
+    """Exclusive, non-blocking ``flock`` on one or more lock files, released when the process ends
+    (even when killed). Taking a held lock raises :class:`RunLockedError` naming the holder."""
+
+    def __init__(self, paths: list[Path], what: str):
+        self.paths, self.what, self.files = [Path(p) for p in paths], what, []
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        try:
+            for path in self.paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    f.seek(0)
+                    holder = f.read().strip() or "unknown"
+                    f.close()
+                    raise RunLockedError(
+                        f"{self.what} is already running (lock {path} held by {holder}); wait for it to "
+                        "finish, or run into another folder with --results (and REPRO_RUNS)") from None
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+                f.flush()
+                self.files.append(f)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for f in self.files:
+            f.close()  # closing releases the flock
+        self.files = []
+        return False
+
+
+class _SignalGuard:
+    """While active, SIGINT and SIGTERM raise :class:`RunInterruptedError` in the main thread (a
+    KeyboardInterrupt, which no ``except Exception`` swallows), so papermill shuts the kernel down
+    and the run is discarded; a second signal during that clean-up is ignored. Inside
+    :meth:`deferred` (moving a finished run into place) a signal is only recorded and raised
+    afterwards, so the two renames are never separated. Previous handlers are restored on exit."""
+
+    def __init__(self):
+        self.fired: list[int] = []
+        self.defer = False
+        self.old = {}
+
+    def _handler(self, signum, frame):
+        if self.fired:
+            return
+        self.fired.append(signum)
+        if not self.defer:
+            raise RunInterruptedError(signum, f"stopped by {signal.Signals(signum).name}; the run's "
+                                              "results were discarded")
+
+    @contextlib.contextmanager
+    def deferred(self, done_message: str):
+        self.defer = True
+        try:
+            yield
+        finally:
+            self.defer = False
+        if self.fired:
+            signum = self.fired[0]
+            raise RunInterruptedError(signum, f"stopped by {signal.Signals(signum).name} {done_message}")
+
+    def __enter__(self) -> "_SignalGuard":
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _tidy(parent: Path, profile: str) -> None:
+    """Under the lock: finish a swap that a kill interrupted (the finished run's folder was moved
+    aside but the new one not yet into place: put the old one back) and remove staging folders of
+    runs that were killed."""
+    final = parent / profile
+    old = sorted(parent.glob(f".{profile}.old-*"))
+    if not final.exists() and old:
+        os.rename(old[-1], final)
+        old = old[:-1]
+    for p in old + sorted(parent.glob(f".{profile}.run-*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _discard(stage: Path, parent: Path, profile: str, name: str) -> Path:
+    """Move a failed or stopped run's staging folder to ``<profile>.failed/`` without metrics.json."""
+    failed = parent / f"{profile}.failed"
+    (stage / "metrics.json").unlink(missing_ok=True)
+    executed = stage / f"{name}.ipynb"
+    if executed.exists():
+        os.replace(executed, stage / f"{name}.failed.ipynb")
+    if failed.exists():
+        shutil.rmtree(failed)
+    os.rename(stage, failed)
+    return failed
 
 
 def run_notebook(name: str, profile: str, overrides: dict | None = None, results: Path | None = None,
                  kernel: str | None = None, log_output: bool = False) -> Path:
-    """Execute ``notebooks/<name>.ipynb`` with papermill; returns the executed copy's path."""
+    """Execute ``notebooks/<name>.ipynb`` with papermill into a private staging folder and move it
+    into ``results/<name>/<profile>/`` when it succeeded (see the module doc: lock, staging, failed
+    runs, signals); returns the executed copy's path."""
     import papermill as pm
 
     from repro import profiles
@@ -54,31 +200,46 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
     src = notebooks_dir() / f"{name}.ipynb"
     if not src.exists():
         raise UnknownNameError(f"no notebook {name!r}; known: {list_notebooks()}")
-    profiles.resolve(name, profile, overrides)  # fail fast on unknown profile/parameters
+    profiles.resolve(name, profile, overrides)  # fail fast on unknown profile/parameters/types
     results = Path(results or results_root())
-    out_dir = results / name / profile
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / f"{name}.ipynb"
-    partial = out_dir / f"{name}.partial.ipynb"
-    failed = out_dir / f"{name}.failed.ipynb"
-    env_before = os.environ.get("REPRO_RESULTS")
-    os.environ["REPRO_RESULTS"] = str(results.resolve())
-    t0 = time.perf_counter()
-    try:
-        pm.execute_notebook(str(src), str(partial), parameters={"profile": profile, "overrides": overrides or {}},
-                            cwd=str(src.parent), kernel_name=kernel, log_output=log_output, progress_bar=False)
-    except BaseException:
-        if partial.exists():
-            os.replace(partial, failed)
-        raise
-    finally:
-        if env_before is None:
-            os.environ.pop("REPRO_RESULTS", None)
-        else:
-            os.environ["REPRO_RESULTS"] = env_before
-    os.replace(partial, final)
-    if failed.exists():
-        failed.unlink()
+    parent = results / name
+    final_dir = parent / profile
+    locks = [parent / f".{profile}.lock", runs_root() / name / f".{profile}.lock"]
+    with RunLock(locks, f"{name} [{profile}]"), _SignalGuard() as guard:
+        _tidy(parent, profile)
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        stage = parent / f".{profile}.run-{run_id}"
+        stage.mkdir(parents=True)
+        executed = stage / f"{name}.ipynb"
+        env = {"REPRO_RESULTS": str(results.resolve()), "REPRO_STAGE_DIR": str(stage.resolve()),
+               "REPRO_STAGE_TARGET": str(final_dir.resolve()),
+               "REPRO_GIT_COMMIT_START": git_commit() or ""}
+        t0 = time.perf_counter()
+        try:
+            with _environ(env):
+                pm.execute_notebook(str(src), str(executed),
+                                    parameters={"profile": profile, "overrides": overrides or {}},
+                                    cwd=str(src.parent), kernel_name=kernel, log_output=log_output,
+                                    progress_bar=False)
+            if not (stage / "metrics.json").exists():
+                raise ReproError(f"{name} [{profile}] finished without writing metrics.json (did it call "
+                                 "ResultWriter.finish?); its output was not moved into place")
+        except BaseException as e:
+            failed = _discard(stage, parent, profile, name)
+            print(f"repro: {name} [{profile}] {'stopped' if isinstance(e, KeyboardInterrupt) else 'failed'}; "
+                  f"its output (no metrics.json) is in {failed}; {final_dir} was left as it was",
+                  file=sys.stderr, flush=True)
+            raise
+        with guard.deferred(f"just after {name} [{profile}] finished; its results are in {final_dir}"):
+            old = parent / f".{profile}.old-{run_id}"
+            if final_dir.exists():
+                os.rename(final_dir, old)
+            os.rename(stage, final_dir)  # from here on the new run is the result
+            shutil.rmtree(old, ignore_errors=True)
+            stale_failed = parent / f"{profile}.failed"
+            if stale_failed.exists():
+                shutil.rmtree(stale_failed, ignore_errors=True)
+    final = final_dir / f"{name}.ipynb"
     print(f"{name} [{profile}] done in {time.perf_counter() - t0:.0f} s -> {final}", flush=True)
     return final
 
@@ -150,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             key, value = item.split("=", 1)
             overrides[key.strip()] = parse_value(value)
         names = list_notebooks() if args.notebook == "all" else [args.notebook]
+        from repro import profiles
+        for name in names:  # every name and parameter checked (names, types) before any kernel starts
+            if not (notebooks_dir() / f"{name}.ipynb").exists():
+                raise UnknownNameError(f"no notebook {name!r}; known: {list_notebooks()}")
+            profiles.resolve(name, args.profile, overrides)
         for name in names:
             run_notebook(name, args.profile, overrides,
                          results=args.results, kernel=args.kernel, log_output=args.log_output)
@@ -157,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     except ReproError as e:
         print(f"repro: error: {e}", file=sys.stderr)
         return 2
+    except RunInterruptedError as e:
+        print(f"repro: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("repro: interrupted; the stopped run's results were discarded", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -4,6 +4,15 @@ Every file is written atomically (temp file + rename). ``metrics.json`` carries 
 together with the parameters, git commit, device, library versions and wall time, and is written
 last (``finish``), so a failed run never leaves a half-written or misleading one behind.
 
+The git commit is read when the run *starts* (``repro run`` reads it before the kernel starts and
+passes it on in ``$REPRO_GIT_COMMIT_START``); ``finish`` reads it again and, when HEAD moved or the
+tree became dirty during the run, records ``git_commit_end``, sets ``git_changed_during_run`` and
+adds a note, so a commit made while a run was going never labels that run.
+
+Under ``repro run`` the writer writes into the run's private staging folder
+(``$REPRO_STAGE_DIR``, used when the writer's folder is ``$REPRO_STAGE_TARGET``); the command
+moves it into place only when the whole notebook succeeded (see :mod:`repro.cli`).
+
 Example (in a notebook)::
 
     out = ResultWriter("quickstart", profile, params=params)
@@ -87,6 +96,16 @@ def environment() -> dict:
     return {"device": device, "platform": platform.platform(), "versions": versions}
 
 
+def _plain_name(name: str) -> str:
+    """A result file name that stays inside the result folder."""
+    from repro.errors import UnsafePathError
+
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".."):
+        raise UnsafePathError(f"result name {name!r} must be a plain file name (no folders, no '..'): "
+                              "results are written inside results/<notebook>/<profile>/ only")
+    return name
+
+
 class ResultWriter:
     """Collects a run's outputs in ``<root>/<notebook>/<profile>/``."""
 
@@ -95,28 +114,33 @@ class ResultWriter:
         self.profile = profile
         self.params = dict(params or {})
         self.dir = Path(root or results_root()) / notebook / profile
+        stage, target = os.environ.get("REPRO_STAGE_DIR"), os.environ.get("REPRO_STAGE_TARGET")
+        if stage and target and self.dir.resolve() == Path(target).resolve():
+            self.dir = Path(stage)  # under `repro run`: the run's own folder, moved into place at the end
         self.dir.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
         self.files: list[str] = []
+        self.git_commit_start = os.environ.get("REPRO_GIT_COMMIT_START") or git_commit()
 
     def path(self, name: str) -> Path:
-        return self.dir / name
+        """``<result folder>/<name>``; ``name`` must be a plain file name (no folders, no ``..``)."""
+        return self.dir / _plain_name(name)
 
     def table(self, name: str, frame, index: bool = False) -> Path:
         """Write a pandas DataFrame as ``<name>.csv``."""
-        p = atomic_write_with(self.dir / f"{name}.csv", lambda tmp: frame.to_csv(tmp, index=index))
+        p = atomic_write_with(self.path(f"{name}.csv"), lambda tmp: frame.to_csv(tmp, index=index))
         self.files.append(p.name)
         return p
 
     def figure(self, name: str, fig, dpi: int = 130) -> Path:
         """Save a matplotlib figure as ``<name>.png``."""
-        p = atomic_write_with(self.dir / f"{name}.png",
+        p = atomic_write_with(self.path(f"{name}.png"),
                               lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
         self.files.append(p.name)
         return p
 
     def json(self, name: str, obj) -> Path:
-        p = atomic_write_json(self.dir / f"{name}.json", obj)
+        p = atomic_write_json(self.path(f"{name}.json"), obj)
         self.files.append(p.name)
         return p
 
@@ -128,14 +152,21 @@ class ResultWriter:
         if claims is not None:
             from repro.claims import check_claims
             check_claims(claims)
+        end = git_commit()
+        changed = bool(end != self.git_commit_start)
+        git_notes = ([f"git HEAD or the working tree changed during the run: started at "
+                      f"{self.git_commit_start}, ended at {end}; the code that ran may be either"]
+                     if changed else [])
         record = {
             "notebook": self.notebook,
             "profile": self.profile,
             "metrics": metrics,
             **({"claims": claims} if claims is not None else {}),
             "params": self.params,
-            "notes": notes or [],
-            "git_commit": git_commit(),
+            "notes": list(notes or []) + git_notes,
+            "git_commit": self.git_commit_start,
+            "git_changed_during_run": changed,
+            **({"git_commit_end": end} if changed else {}),
             **environment(),
             "wall_time_s": round(time.perf_counter() - self.t0, 2),
             "files": sorted(set(self.files)),

@@ -5,12 +5,23 @@ A run folder looks like::
     run_dir/
       run.json                      model spec, train config, data fingerprint, excluded ids
       checkpoints/epoch-0003.safetensors + epoch-0003.json   (epoch, step, lr in effect, metrics)
-      state/last.safetensors + last.json + last-optim.pt    (resume point, written every epoch)
+      state/step-000000057/ weights.safetensors + optim.pt + manifest.json   (resume point)
+      state/LATEST.json                                     names the committed resume point
+
+The resume point is committed atomically after every epoch: its files are written into a hidden
+temporary folder, the folder is renamed into place, and only then ``LATEST.json`` (itself written
+atomically) is switched to it. A kill at any moment leaves either the previous or the new resume
+point, complete; ``manifest.json`` holds the sha256 of each file and is verified on load, so a
+damaged resume point raises :class:`repro.errors.CheckpointError` naming the file instead of
+resuming from mixed state. Checkpoints written after the committed resume point (by an interrupted
+epoch) are removed on resume and written again.
 
 ``list_checkpoints(run_dir)`` returns the checkpoints with their learning rates (what TracInCP
 needs); ``load_run(run_dir)`` rebuilds the model. Training is deterministic given the seed: the
 shuffling order and dropout noise of epoch ``e`` depend only on ``(seed, e)``, so a run resumed from
-its last epoch ends with exactly the weights of an uninterrupted run (on the same device).
+its last epoch ends with exactly the weights of an uninterrupted run (on the same device, with the
+same number of torch threads: float reductions sum in another order on other devices or thread
+counts, so those runs agree only statistically).
 """
 from __future__ import annotations
 
@@ -18,6 +29,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,8 +46,12 @@ from safetensors.torch import load_file, save_file
 from repro.data.core import Batch, Dataset
 from repro.errors import (CheckpointError, ConfigMismatchError, EmptyDatasetError,
                           NonFiniteLossError, UnknownNameError)
+from repro.checks import (as_finite_float, as_int, as_positive_int, check_finite_inputs, check_label_range,
+                          check_unique_ids)
+from repro.errors import InvalidParameterError, UnsafePathError
 from repro.models import ReproModel, build_model
-from repro.utils import atomic_write_json, atomic_write_with, progress, resolve_device
+from repro.utils import (atomic_write_json, atomic_write_with, fsync_file, progress, resolve_device,
+                         set_default_mode)
 
 SCHEDULES = ("constant", "linear", "cosine", "step")
 OPTIMIZERS = ("sgd", "adamw")
@@ -76,8 +94,29 @@ class TrainConfig:
             raise UnknownNameError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise UnknownNameError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+        self.epochs = as_positive_int("TrainConfig.epochs", self.epochs)
+        self.batch_size = as_positive_int("TrainConfig.batch_size", self.batch_size)
+        self.eval_batch_size = as_positive_int("TrainConfig.eval_batch_size", self.eval_batch_size)
+        self.warmup_steps = as_int("TrainConfig.warmup_steps", self.warmup_steps, minimum=0)
+        self.seed = as_int("TrainConfig.seed", self.seed)
+        self.checkpoint_every_steps = as_positive_int("TrainConfig.checkpoint_every_steps",
+                                                      self.checkpoint_every_steps, allow_none=True)
+        self.lr = as_finite_float("TrainConfig.lr", self.lr)
+        if self.lr <= 0:
+            raise InvalidParameterError(f"TrainConfig.lr must be positive, got {self.lr}")
+        for name in ("momentum", "weight_decay", "label_smoothing", "gamma"):
+            setattr(self, name, as_finite_float(f"TrainConfig.{name}", getattr(self, name), minimum=0.0))
+        ce = self.checkpoint_epochs
+        if isinstance(ce, str):
+            if ce not in ("all", "final"):
+                raise UnknownNameError(f"checkpoint_epochs must be a list of epochs, 'all' or 'final', got {ce!r}")
+        else:
+            epochs = [as_int("TrainConfig.checkpoint_epochs[]", e) for e in ce]
+            outside = [e for e in epochs if not 1 <= e <= self.epochs]
+            if outside:
+                raise InvalidParameterError(f"checkpoint_epochs {outside} are not epochs of this run (1..{self.epochs}); "
+                                            "such checkpoints would silently never be kept")
+        self.milestones = [as_int("TrainConfig.milestones[]", m) for m in self.milestones]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -100,11 +139,11 @@ class Checkpoint:
 
     def load_into(self, model: ReproModel) -> ReproModel:
         """Load the weights into ``model`` (which must have the checkpoint's spec)."""
-        meta = json.loads(self.path.with_suffix(".json").read_text())
+        meta = _read_sidecar(self.path.with_suffix(".json"))
         if meta.get("model_spec") != _jsonable(model.spec):
             raise CheckpointError(f"checkpoint {self.path} belongs to another model: "
                                   f"{meta.get('model_spec')} != {model.spec}")
-        state = load_file(str(self.path))
+        state = _load_weights(self.path)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {self.path} does not fit the model: missing {missing[:5]}, "
@@ -127,6 +166,172 @@ class TrainResult:
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj))
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; a missing, unreadable or garbage file raises CheckpointError
+    naming it."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{what} {path} cannot be read ({type(e).__name__}: {e}); the file is "
+                              "damaged or was not written by repro") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{what} {path} does not hold a JSON object")
+    return obj
+
+
+def _read_sidecar(path: Path) -> dict:
+    """A checkpoint's JSON sidecar, with ``epoch``, ``step`` (non-negative integers) and ``lr``,
+    ``lr_mean`` (finite numbers >= 0; a string, NaN or inf is refused, never converted) checked."""
+    meta = _read_json(path, "checkpoint sidecar")
+    for key in ("epoch", "step"):
+        v = meta.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CheckpointError(f"checkpoint sidecar {path}: {key} must be a non-negative integer, "
+                                  f"got {v!r}; the file is damaged or was edited by hand")
+    for key in ("lr", "lr_mean"):
+        v = meta.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise CheckpointError(f"checkpoint sidecar {path}: {key} must be a finite number >= 0, got "
+                                  f"{v!r} ({type(v).__name__}); TracInCP weights every checkpoint by "
+                                  "it, so a bad value would corrupt every score. Fix or re-save the file")
+    return meta
+
+
+def _load_weights(path: Path) -> dict:
+    """A safetensors state dict; a truncated or garbage file, or weights holding NaN or inf, raise
+    CheckpointError naming it."""
+    try:
+        state = load_file(str(path))
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"weights file {path} holds NaN or infinite values in {bad[:5]}; the run "
+                                  "diverged or the file is damaged: use an earlier checkpoint or retrain")
+        return state
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file {path} is missing") from None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"weights file {path} is damaged or not a safetensors file "
+                              f"({type(e).__name__}: {e}); re-create it (retrain, or resume=False)") from None
+
+
+def _load_optim(path: Path, device) -> dict:
+    """The optimizer + scheduler state saved with the resume point (``weights_only`` unpickling);
+    garbage raises CheckpointError naming the file."""
+    try:
+        st = torch.load(path, weights_only=True, map_location=device)
+    except FileNotFoundError:
+        raise CheckpointError(f"optimizer state {path} is missing; use resume=False to start over") from None
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError, ...
+        raise CheckpointError(f"optimizer state {path} is damaged ({type(e).__name__}: {e}); use "
+                              "resume=False to start over") from None
+    if not isinstance(st, dict) or "optimizer" not in st or "scheduler" not in st:
+        raise CheckpointError(f"optimizer state {path} does not hold 'optimizer' and 'scheduler'; "
+                              "use resume=False to start over")
+    return st
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_STATE_FILES = ("weights.safetensors", "optim.pt")
+
+
+def _write_state_files(folder: Path, weights: dict, optim_state: dict) -> None:
+    """The files of one resume point, written into ``folder`` (a fresh temporary folder)."""
+    save_file(weights, str(folder / "weights.safetensors"))
+    torch.save(optim_state, folder / "optim.pt")
+
+
+def commit_resume_point(state_dir: Path, weights: dict, optim_state: dict, meta: dict) -> Path:
+    """Write a resume point as one atomic commit (see module doc): files into a temporary folder,
+    ``manifest.json`` (meta + sha256 of every file) last, fsync, rename the folder into place,
+    then switch ``LATEST.json``. Returns the committed folder."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step-{int(meta['step']):09d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=state_dir))
+    try:
+        _write_state_files(tmp, weights, optim_state)
+        manifest = {**meta, "files": {f: _sha256(tmp / f) for f in _STATE_FILES}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        for f in (*_STATE_FILES, "manifest.json"):
+            fsync_file(tmp / f)
+            set_default_mode(tmp / f)
+        set_default_mode(tmp)
+        final = state_dir / name
+        if final.exists():  # left by an interrupted run, never the committed point (that is older)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_json(state_dir / "LATEST.json", {"folder": name, "epoch": meta.get("epoch"),
+                                                  "step": meta.get("step")})  # the commit
+    for p in state_dir.iterdir():  # older points, legacy files, temp folders of killed runs
+        if p.name in (name, "LATEST.json"):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return final
+
+
+def read_resume_point(state_dir: Path) -> tuple[dict, Path, Path] | None:
+    """``(meta, weights_path, optim_path)`` of the committed resume point, verified against its
+    manifest, or None when there is none. A damaged point raises CheckpointError naming the file.
+    Run folders of older repro versions (``state/last.*``) are read as they are."""
+    state_dir = Path(state_dir)
+    latest = state_dir / "LATEST.json"
+    if not latest.exists():
+        legacy = state_dir / "last.json"
+        if legacy.exists():
+            meta = _read_json(legacy, "resume point")
+            return meta, state_dir / "last.safetensors", state_dir / "last-optim.pt"
+        return None
+    pointer = _read_json(latest, "resume pointer")
+    folder = state_dir / str(pointer.get("folder", ""))
+    if not pointer.get("folder") or folder.parent != state_dir or not folder.is_dir():
+        raise CheckpointError(f"{latest} names a resume point {folder} that does not exist; use "
+                              "resume=False to start over")
+    meta = _read_json(folder / "manifest.json", "resume point manifest")
+    files = meta.get("files") or {}
+    for f in _STATE_FILES:
+        path = folder / f
+        if not path.is_file() or path.is_symlink():
+            raise CheckpointError(f"resume point file {path} is missing; use resume=False to start over")
+        if files.get(f) != _sha256(path):
+            raise CheckpointError(f"resume point file {path} does not match its manifest (damaged or "
+                                  "replaced); use resume=False to start over")
+    return meta, folder / "weights.safetensors", folder / "optim.pt"
+
+
+def _drop_checkpoints_after(run_dir: Path, epoch: int, step: int) -> None:
+    """Remove checkpoints written after the resume point (by an epoch that was interrupted,
+    including weights whose sidecar was never written): the resumed run writes them again."""
+    ck_dir = Path(run_dir) / "checkpoints"
+    if not ck_dir.is_dir():
+        return
+    for path in ck_dir.glob("*.safetensors"):
+        meta_path = path.with_suffix(".json")
+        kind, _, number = path.stem.partition("-")
+        stale = False
+        if number.isdigit():  # epoch-0003 / step-0000123: known without the sidecar
+            stale = int(number) > (epoch if kind == "epoch" else step)
+        if meta_path.exists() and not stale:
+            try:
+                stale = int(json.loads(meta_path.read_text()).get("step", -1)) > step
+            except (ValueError, TypeError, AttributeError, json.JSONDecodeError):
+                stale = False  # a damaged sidecar of a kept checkpoint: list_checkpoints names it
+        if stale:
+            path.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
 
 
 def fingerprint_ids(ids) -> str:
@@ -171,10 +376,16 @@ class Trainer:
         if isinstance(data, Batch):
             if len(data) == 0:
                 raise EmptyDatasetError("empty training batch")
-            return data
-        if isinstance(data, Dataset):
-            return self.model.encode(data)
-        raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
+            batch = data
+        elif isinstance(data, Dataset):
+            batch = self.model.encode(data)
+        else:
+            raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
+        what = "examples given to Trainer.fit"
+        check_unique_ids(batch.ids, what)  # ids address examples (removal, turn-over dropout)
+        check_finite_inputs(batch.inputs, batch.ids, what)
+        check_label_range(batch.labels, self.model.num_classes, batch.ids, what)
+        return batch
 
     def _optimizer(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -331,36 +542,44 @@ class Trainer:
         self._save_weights(self.run_dir / "checkpoints" / f"{name}.safetensors", meta)
 
     def _save_state(self, epoch, step, history, opt, sched) -> None:
-        state_dir = self.run_dir / "state"
-        atomic_write_with(state_dir / "last-optim.pt",
-                          lambda tmp: torch.save({"optimizer": opt.state_dict(),
-                                                  "scheduler": sched.state_dict()}, tmp))
-        self._save_weights(state_dir / "last.safetensors",
-                           {"epoch": epoch, "step": step, "history": history,
-                            "model_spec": _jsonable(self.model.spec)})
+        """Commit the resume point (weights, optimizer + scheduler state, history) atomically."""
+        weights = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        commit_resume_point(self.run_dir / "state", weights,
+                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+                            {"epoch": epoch, "step": step, "history": history,
+                             "model_spec": _jsonable(self.model.spec)})
 
     def _prepare_run_dir(self, record: dict, opt, sched, resume: bool) -> tuple[int, list]:
         run_json = self.run_dir / "run.json"
-        state_meta = self.run_dir / "state" / "last.json"
         if run_json.exists() and not resume:  # start over: forget the earlier run in this folder
             for p in list((self.run_dir / "checkpoints").glob("*")) + list((self.run_dir / "state").glob("*")):
-                p.unlink()
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             run_json.unlink()
         if run_json.exists():
-            old = json.loads(run_json.read_text())
+            old = _read_json(run_json, "run record")
             if old != record:
                 diff = sorted(k for k in record if old.get(k) != record[k])
                 raise ConfigMismatchError(
                     f"{self.run_dir} holds a run with another {', '.join(diff)}; use a new run_dir "
                     "or delete the old one")
-            if state_meta.exists():
-                meta = json.loads(state_meta.read_text())
-                self.model.load_state_dict(load_file(str(self.run_dir / "state" / "last.safetensors")))
-                st = torch.load(self.run_dir / "state" / "last-optim.pt", weights_only=True,
-                                map_location=self.device)
-                opt.load_state_dict(st["optimizer"])
-                sched.load_state_dict(st["scheduler"])
+            point = read_resume_point(self.run_dir / "state")
+            if point is not None:
+                meta, weights_path, optim_path = point
+                try:
+                    self.model.load_state_dict(_load_weights(weights_path))
+                except RuntimeError as e:
+                    raise CheckpointError(f"resume point {weights_path} does not fit the model: {e}; "
+                                          "use resume=False to start over") from None
+                st = _load_optim(optim_path, self.device)
+                try:
+                    opt.load_state_dict(st["optimizer"])
+                    sched.load_state_dict(st["scheduler"])
+                except (KeyError, ValueError, TypeError) as e:
+                    raise CheckpointError(f"optimizer state {optim_path} does not fit this optimizer "
+                                          f"({type(e).__name__}: {e}); use resume=False to start over") from None
+                _drop_checkpoints_after(self.run_dir, int(meta["epoch"]), int(meta["step"]))
                 return int(meta["epoch"]), list(meta["history"])
+            _drop_checkpoints_after(self.run_dir, 0, 0)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_json, record)
         return 0, []
@@ -398,22 +617,55 @@ def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
     out = []
     for path in ck_dir.glob("*.safetensors"):
         meta_path = path.with_suffix(".json")
+        for p in (path, meta_path):
+            _check_inside(p, run_dir)
         if not meta_path.exists():
-            raise CheckpointError(f"checkpoint {path} has no JSON sidecar; the run is incomplete")
-        m = json.loads(meta_path.read_text())
+            raise CheckpointError(f"checkpoint {path} has no JSON sidecar: the run was interrupted while "
+                                  "saving it; run the training again (it resumes and rewrites it)")
+        m = _read_sidecar(meta_path)
         out.append(Checkpoint(path, m["epoch"], m["step"], m["lr"], m["lr_mean"], m.get("metrics", {})))
     return sorted(out, key=lambda c: c.step)
 
 
-def load_run(run_dir: str | Path, checkpoint: Checkpoint | int | None = -1) -> tuple[ReproModel, list[Checkpoint]]:
-    """Rebuild a run's model (weights of ``checkpoint``: an index into the list, or None for none)."""
+def _check_inside(path: Path, folder: Path) -> None:
+    """A file of a run folder must be a plain file inside it: a symlink (which could point at any
+    file, or change under the run) raises UnsafePathError naming it."""
+    if path.is_symlink():
+        raise UnsafePathError(f"{path} is a symlink (to {os.readlink(path)}); a run folder must hold its "
+                              "own files: copy the target into place instead of linking it")
+    if path.exists() and folder.resolve() not in path.resolve().parents:
+        raise UnsafePathError(f"{path} resolves outside its run folder {folder}")
+
+
+def _is_local_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+
+
+def load_run(run_dir: str | Path, checkpoint: Checkpoint | int | None = -1,
+             allow_external_model: bool = False) -> tuple[ReproModel, list[Checkpoint]]:
+    """Rebuild a run's model (weights of ``checkpoint``: an index into the list, or None for none).
+
+    ``run.json`` names the model; when that name is a local folder outside the run folder (a run
+    folder from elsewhere could point anywhere), :class:`repro.errors.UnsafePathError` is raised
+    unless ``allow_external_model=True``. Hub names and the bundled ``"minilm"`` are fine."""
     run_dir = Path(run_dir)
     run_json = run_dir / "run.json"
     if not run_json.exists():
         raise CheckpointError(f"{run_dir} is not a repro run folder (no run.json)")
-    record = json.loads(run_json.read_text())
+    _check_inside(run_json, run_dir)
+    record = _read_json(run_json, "run record")
+    spec = record.get("model_spec")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{run_json} has no model_spec")
+    name = spec.get("model_name")
+    if isinstance(name, str) and name != "minilm" and _is_local_path(name) and not allow_external_model:
+        target = Path(name).expanduser()
+        target = target if target.is_absolute() else (run_dir / target)
+        if run_dir.resolve() not in target.resolve().parents:
+            raise UnsafePathError(f"{run_json} names the model folder {name!r}, outside the run folder; "
+                                  "check it is the model you expect, then pass allow_external_model=True")
     cks = list_checkpoints(run_dir)
-    model = build_model(record["model_spec"])
+    model = build_model(spec)
     if checkpoint is not None:
         (cks[checkpoint] if isinstance(checkpoint, int) else checkpoint).load_into(model)
     return model.eval(), cks

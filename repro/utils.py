@@ -10,16 +10,47 @@ from typing import Callable
 import torch
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def set_default_mode(path: str | Path) -> None:
+    """Give a file (0666) or folder (0777) the permissions the process umask allows, as ``open``
+    and ``mkdir`` would: temp files and folders are created 0600 / 0700, which would otherwise
+    stay on the final results and checkpoints."""
+    path = Path(path)
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~_UMASK)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file to disk (best effort: some file systems do not support it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
 def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> Path:
     """Write ``path`` by calling ``writer(tmp_path)`` on a temp file in the same folder, then
     renaming it into place: readers never see a half-written file, and a failed write leaves
-    nothing behind."""
+    nothing behind. The file gets the umask's permissions (not the temp file's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -59,7 +90,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from repro.errors import InvalidParameterError
+        raise InvalidParameterError(f"device={device!r} but CUDA is not available here; use device='auto' "
+                                    "(CUDA when available, else CPU) or 'cpu'")
+    return dev
 
 
 def progress(iterable=None, **kwargs):

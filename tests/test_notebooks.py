@@ -41,3 +41,24 @@ def test_quickstart_metrics_are_sane():
     for key in ("vgg_test_accuracy", "text_test_accuracy"):
         assert 0.0 <= m[key] <= 1.0
     assert m["vgg_n_checkpoints"] >= 1 and m["text_n_checkpoints"] >= 1
+
+
+def test_tracin_claims_are_computed_from_their_criteria():
+    """The TracIn notebook writes every promised claim, and each verdict follows its CI rule."""
+    from repro.claims import VERDICTS, check_claims
+
+    claims = fresh_metrics("tracin_proponents")["claims"]
+    check_claims(claims)
+    ids = {c["id"] for c in claims}
+    assert {"tracin_beats_final_checkpoint_methods", "tracin_beats_final_checkpoint_methods_short_training",
+            "more_checkpoints_help", "proponents_share_label"} <= ids
+    for c in claims:
+        assert c["verdict"] in VERDICTS and c["criterion"].startswith("reproduced if the 95% CI")
+        threshold = 0.5 if c["id"] == "proponents_share_label" else 0.0
+        lo, hi = c["ci95"]
+        if lo > threshold:
+            assert c["verdict"] == "reproduced"
+        elif c["ours"] > threshold:
+            assert c["verdict"] == "partly"
+        else:
+            assert c["verdict"] == "not reproduced"

@@ -114,6 +114,23 @@ def test_self_influence_is_diagonal_and_nonnegative(run, params):
     close(torch.diagonal(t.scores(sub)), si)
 
 
+@pytest.mark.parametrize("params", ["last", FC_HEAD, "all"])
+def test_streaming_and_per_checkpoint_self_influence_equal_brute_force(run, params):
+    """Streaming (no fit, nothing stored) = from stored rows = brute-force lr-weighted squared
+    gradient norms; per-checkpoint rows are each checkpoint's own term."""
+    sub, cks = run["train"][torch.arange(12)], run["cks"]
+    names = run["model"].param_group(params) if isinstance(params, str) else \
+        [n for n, _ in run["model"].named_parameters() if n.split(".")[0] in params]
+    want = torch.stack([ck.lr * brute_grads(run["model"], ck, sub, names).pow(2).sum(1) for ck in cks])
+    t = TracInCP(run["model"], cks, params=params, progress=False, batch_size=5)
+    per = t.self_influence(sub, per_checkpoint=True)  # streaming, chunks of 5 (uneven last chunk)
+    assert per.shape == (len(cks), 12)
+    close(per, want)
+    close(t.self_influence(sub), want.sum(0))
+    fitted = t.fit(sub)
+    close(fitted.self_influence(per_checkpoint=True), want)
+    close(fitted.self_influence(), want.sum(0))
+
 def test_top_k_and_train_ids(run):
     t = TracInCP(run["model"], run["run_dir"], progress=False).fit(run["train"])
     s = t.scores(run["test"])

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from repro.errors import EmptyDatasetError
+from repro.errors import EmptyDatasetError, InvalidParameterError
 
 def _id_array(ids) -> np.ndarray:
     if isinstance(ids, torch.Tensor):
@@ -61,6 +61,8 @@ class Dataset:
         for f in self._per_example:
             if len(getattr(self, f)) != n:
                 raise ValueError(f"field {f!r} has {len(getattr(self, f))} rows, ids has {n}")
+        from repro.checks import check_unique_ids
+        check_unique_ids(self.ids, f"examples of {self.name}/{self.split}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -116,11 +118,18 @@ class Dataset:
     def sample(self, n: int | None, seed: int = 0, stratify: bool = False) -> "Dataset":
         """A seeded random subset of ``n`` examples (all when ``n`` is None), sorted by position.
 
-        ``stratify`` keeps the class proportions (useful for small subsets)."""
-        if n is None or n >= len(self):
+        ``stratify`` keeps the class proportions (useful for small subsets). ``n`` larger than the
+        dataset raises :class:`repro.errors.InvalidParameterError` (never a silently smaller set)."""
+        from repro.checks import as_int
+        n = as_int("n", n, allow_none=True)
+        seed = as_int("seed", seed)
+        if n is None or n == len(self):
             return self
         if n <= 0:
             raise EmptyDatasetError(f"asked for n={n} examples of {self.name}/{self.split}")
+        if n > len(self):
+            raise InvalidParameterError(f"asked for n={n} examples but {self.name}/{self.split} has only "
+                                        f"{len(self)}; use n=None (all of them) or n <= {len(self)}")
         rng = np.random.default_rng(seed)
         if not stratify:
             return self.subset(np.sort(rng.choice(len(self), size=n, replace=False)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from repro.data.core import Dataset
-from repro.errors import UnknownNameError
+from repro.errors import InvalidParameterError, UnknownNameError
 
 
 def flip_labels(ds: Dataset, fraction: float, mode: str = "uniform", seed: int = 0,
@@ -26,8 +26,9 @@ def flip_labels(ds: Dataset, fraction: float, mode: str = "uniform", seed: int =
         ``(noisy_dataset, flipped_ids)``; every id in ``flipped_ids`` has a label different from
         before and no other label changed.
     """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)) \
+            or not 0 <= fraction < 1:
+        raise InvalidParameterError(f"fraction must be a number in [0, 1), got {fraction!r}")
     k = ds.num_classes
     if k < 2:
         raise ValueError("label noise needs at least two classes")

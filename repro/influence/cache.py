@@ -1,8 +1,8 @@
 """On-disk cache of per-example gradient rows (or other per-example tensors), resumable.
 
 A cache folder holds ``stamp.json`` (everything the rows depend on: model spec, checkpoint file and
-its fingerprint, parameter names, projection, target, number of rows and a fingerprint of their
-ids, rows per chunk) and chunk files ``chunk-000000.safetensors`` ... with the tensors of rows
+its fingerprint, parameter names, projection, target, number of rows, a fingerprint of their ids
+and content fingerprints of the labels and the inputs, rows per chunk) and chunk files ``chunk-000000.safetensors`` ... with the tensors of rows
 ``[i * chunk_rows, (i + 1) * chunk_rows)`` and their ``ids``. Every file is written atomically
 (temp file + rename), so an interrupted computation leaves only complete chunks; running it again
 reuses them and computes the missing ones. Opening a folder whose stamp differs raises
@@ -75,15 +75,30 @@ class GradientCache:
             raise ValueError("chunk_rows must be positive")
         path = self.folder / "stamp.json"
         if path.exists():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ConfigMismatchError(f"cache stamp {path} cannot be read ({type(e).__name__}: {e}); the "
+                                          "folder's rows cannot be trusted: delete the folder or use another "
+                                          "cache_dir") from None
+            if not isinstance(old, dict):
+                raise ConfigMismatchError(f"cache stamp {path} does not hold a JSON object; delete the folder")
             if old != self.stamp:
                 keys = sorted(set(old) | set(self.stamp))
                 diff = [k for k in keys if old.get(k) != self.stamp.get(k)]
                 detail = "; ".join(f"{k}: cached {_short(old.get(k))} != now {_short(self.stamp.get(k))}"
                                    for k in diff)
+                hint = ""
+                if {"labels", "inputs"} & set(diff) and "labels" not in old:
+                    hint = (" The cache was written by an older repro whose stamps held only ids, so it "
+                            "cannot be trusted to match this data.")
+                elif {"labels", "inputs"} & set(diff):
+                    hint = (" The training data changed under the same ids (e.g. labels flipped by "
+                            "flip_labels, or other inputs): its cached gradients would give the old "
+                            "data's scores.")
                 raise ConfigMismatchError(
-                    f"cache folder {self.folder} holds rows for another configuration ({detail}); "
-                    "use another cache_dir or delete this folder")
+                    f"cache folder {self.folder} holds rows for another configuration ({detail}).{hint} "
+                    "Use another cache_dir (one per dataset version) or delete this folder")
         else:
             atomic_write_json(path, self.stamp)
 

@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from repro.checks import check_k
 from repro.data.core import Batch
 from repro.errors import ReproError, UnknownNameError
 from repro.influence.grads import as_batch
@@ -186,6 +187,10 @@ class FastIFResult:
         train_ids: ids of the fitted training set (for :meth:`dense`).
         timings: seconds spent on the kNN search, s_test, candidate gradients, in total.
         s_test: the ``s_test`` rows used ``(m, d)`` (kept when asked for).
+        lissa_converged: whether LiSSA reached its ``tol`` (see
+            :class:`repro.influence.hessian.LissaInfo`): ``True``, ``False`` (the scores are not
+            converged estimates; a RuntimeWarning was issued) or ``None`` (no ``tol`` set, precomputed
+            ``s_test``, or computed in worker processes).
     """
 
     test_ids: torch.Tensor
@@ -197,6 +202,7 @@ class FastIFResult:
     train_ids: torch.Tensor
     timings: dict = field(default_factory=dict)
     s_test: torch.Tensor | None = None
+    lissa_converged: bool | None = None
 
     @property
     def paper_influence(self) -> torch.Tensor:
@@ -214,7 +220,7 @@ class FastIFResult:
         negative) candidates of every row."""
         if kind not in ("helpful", "harmful"):
             raise UnknownNameError(f"kind must be 'helpful' or 'harmful', got {kind!r}")
-        n = min(int(n), self.scores.shape[1])
+        n = min(check_k(n, "n"), self.scores.shape[1])
         t = self.scores.topk(n, dim=1, largest=(kind == "helpful"))
         return self.candidate_ids.gather(1, t.indices), t.values
 
@@ -269,8 +275,7 @@ class FastIF:
                  progress: bool = True):
         if knn_backend not in KNN_BACKENDS:
             raise UnknownNameError(f"unknown kNN backend {knn_backend!r}; use one of {KNN_BACKENDS}")
-        if int(k) < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_k(k)
         if int(workers) < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         base = lissa or LissaConfig(batch_size=1)  # FastIF's fast setting
@@ -392,11 +397,15 @@ class FastIF:
                 raise ValueError("s_test= is not supported with workers > 1")
             cand, S, timings = self._spawn(batch, pos, aggregate, workers, keep_s_test)
         else:
+            self.influence.last_lissa_info = None
             cand, S, timings = self._sequential_part(batch, pos, aggregate, s_test)
+            info = self.influence.last_lissa_info
+            converged = info.converged if info is not None else None
         timings = {"knn_s": t_knn, **timings, "total_s": time.perf_counter() - t0}
         ids = self.train.ids
         return FastIFResult(batch.ids.clone(), aggregate, ids[pos], pos, dists, cand, ids.clone(),
-                            timings, S if keep_s_test else None)
+                            timings, S if keep_s_test else None,
+                            lissa_converged=converged if not (distributed or workers > 1) else None)
 
     @staticmethod
     def _gather_rows(union_scores: torch.Tensor, union: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro.checks import check_batch, check_unique_ids
 from repro.data.core import Batch, Dataset
 from repro.errors import EmptyDatasetError, UnknownNameError
 from repro.utils import progress as _progress
@@ -185,22 +186,27 @@ def unflatten(vec: torch.Tensor, model, params="all") -> dict[str, torch.Tensor]
     return out
 
 
-def as_batch(model, data) -> Batch:
-    """A :class:`Batch` from a Dataset (``model.encode``) or a Batch (unchanged)."""
+def as_batch(model, data, what: str = "examples") -> Batch:
+    """A :class:`Batch` from a Dataset (``model.encode``) or a Batch (unchanged), checked: NaN or
+    infinite inputs raise :class:`repro.errors.NonFiniteInputError` and labels outside the model's
+    classes :class:`repro.errors.LabelRangeError`, both naming the example ids."""
     if isinstance(data, Batch):
-        return data
-    if isinstance(data, Dataset):
-        return model.encode(data)
-    raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
+        batch = data
+    elif isinstance(data, Dataset):
+        batch = model.encode(data)
+    else:
+        raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
+    check_batch(model, batch, what)
+    return batch
 
 
 def train_batch(model, data, who: str) -> Batch:
-    """``data`` as a Batch, checked to be a usable training set (non-empty, unique ids)."""
-    batch = as_batch(model, data)
+    """``data`` as a Batch, checked to be a usable training set (non-empty, finite inputs, labels in
+    range, unique ids: :class:`repro.errors.DuplicateIdError` names the repeated ones)."""
+    batch = as_batch(model, data, f"{who} training examples")
     if len(batch) == 0:
         raise EmptyDatasetError(f"{who}.fit got no training examples")
-    if len(torch.unique(batch.ids)) != len(batch):
-        raise ValueError("training example ids must be unique")
+    check_unique_ids(batch.ids, f"{who} training examples")
     return batch
 
 

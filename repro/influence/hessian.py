@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from repro.data.core import Batch
-from repro.errors import ReproError, UnknownNameError
+from repro.checks import as_finite_float
+from repro.errors import ConvergenceError, ReproError, UnknownNameError
 from repro.influence.grads import EvalState, as_batch, param_names, resolve_target
 from repro.utils import progress as _progress
 
@@ -57,7 +58,7 @@ __all__ = ["WeightDecay", "TrainingObjective", "LissaConfig", "LissaDivergedErro
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
-class LissaDivergedError(ReproError, FloatingPointError):
+class LissaDivergedError(ConvergenceError, FloatingPointError):
     """The LiSSA recursion blew up: ``scale`` is below the largest Hessian eigenvalue."""
 
 
@@ -355,6 +356,8 @@ class LissaConfig:
     diverge_factor: float = 1e4
 
     def __post_init__(self):
+        for name in ("damp", "scale", "diverge_factor"):
+            as_finite_float(name, getattr(self, name))
         if not 0 <= self.damp < 1:
             raise ValueError(f"damp must be in [0, 1), got {self.damp}")
         if self.scale <= 0 or self.depth < 1 or self.batch_size < 1 or self.repetitions < 1:
@@ -385,10 +388,24 @@ class LissaConfig:
 
 @dataclass
 class LissaInfo:
-    """What happened in a LiSSA run: steps done and the last relative change per repetition."""
+    """What happened in a LiSSA run: steps done and the last relative change per repetition, and
+    whether each repetition converged: ``True`` (reached ``tol``), ``False`` (``tol`` given and not
+    reached in ``depth`` steps: the estimate is flagged and a RuntimeWarning is issued) or ``None``
+    (no ``tol``: a fixed number of steps, convergence not checked)."""
 
     steps: list[int] = field(default_factory=list)
     last_rel_change: list[float] = field(default_factory=list)
+    converged_per_repetition: list = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool | None:
+        """``False`` if any repetition missed its ``tol``, ``True`` if all reached it, else None."""
+        flags = self.converged_per_repetition
+        if any(f is False for f in flags):
+            return False
+        if flags and all(f is True for f in flags):
+            return True
+        return None
 
 
 def lissa_sum(objective: TrainingObjective, v: torch.Tensor, config: LissaConfig,
@@ -430,9 +447,15 @@ def lissa_sum(objective: TrainingObjective, v: torch.Tensor, config: LissaConfig
                 if cfg.tol is not None and j >= cfg.min_depth and rel < cfg.tol:
                     bar.update(cfg.depth - j)
                     break
+            converged = None if cfg.tol is None else bool(rel < cfg.tol)
+            if converged is False:
+                warnings.warn(f"LiSSA repetition {r} did not reach tol={cfg.tol:g} in depth={cfg.depth} "
+                              f"steps (last relative change {rel:.3g}); the estimate is not converged: "
+                              "raise depth or batch_size, or loosen tol", RuntimeWarning, stacklevel=3)
             if info is not None:
                 info.steps.append(j)
                 info.last_rel_change.append(rel)
+                info.converged_per_repetition.append(converged)
             total += h / cfg.scale
     return total
 
@@ -458,7 +481,11 @@ def lissa(objective: TrainingObjective, v: torch.Tensor, config: LissaConfig | N
 def exact_ihvp(objective: TrainingObjective, v: torch.Tensor, damping: float = 0.0,
                progress: bool = False, **hessian_kwargs) -> torch.Tensor:
     """``(H + damping I)^-1 v`` with the explicit full-training-set Hessian (cached on the
-    objective), solved in float64. Warns when ``H + damping I`` is not positive definite."""
+    objective), solved in float64. Warns when ``H + damping I`` is not positive definite; raises
+    :class:`repro.errors.ConvergenceError` when it is singular (e.g. ``damping=0`` on a model with
+    redundant parameters) and :class:`repro.errors.InvalidParameterError` for a negative or
+    non-finite ``damping``."""
+    damping = as_finite_float("damping", damping, minimum=0.0)
     rows, single = objective._as_rows(v)
     H = objective.cached_hessian(progress=progress, **hessian_kwargs)
     key = ("factor", float(damping))
@@ -472,13 +499,23 @@ def exact_ihvp(objective: TrainingObjective, v: torch.Tensor, damping: float = 0
             warnings.warn(f"H + {damping:g} I is not positive definite (the model is not at a "
                           "minimum of the objective, or lambda is too small); solving with LU, "
                           "influence estimates may be unreliable", RuntimeWarning, stacklevel=2)
-            objective._hessian[key] = ("lu", torch.linalg.lu_factor(A))
+            LU, piv, lu_info = torch.linalg.lu_factor_ex(A)
+            diag = LU.diagonal().abs()
+            if int(lu_info) != 0 or float(diag.min()) <= 1e-12 * max(float(diag.max()), 1e-300):
+                raise ConvergenceError(
+                    f"H + {damping:g} I is singular ({A.shape[0]} parameters; the Hessian has a zero "
+                    "eigenvalue, e.g. softmax's all-ones direction or an unused parameter), so the "
+                    "inverse-HVP does not exist; use damping > 0 (e.g. 1e-3) or fewer parameters")
+            objective._hessian[key] = ("lu", (LU, piv))
     kind, fac = objective._hessian[key]
     b = rows.double().T
     if kind == "chol":
         x = torch.cholesky_solve(b, fac)
     else:
         x = torch.linalg.lu_solve(*fac, b)
+    if not bool(torch.isfinite(x).all()):
+        raise ConvergenceError(f"the exact solve of (H + {damping:g} I) s = v gave non-finite values; the "
+                               "system is (nearly) singular: use damping > 0")
     out = x.T.to(objective.dtype)
     return out[0] if single else out
 
@@ -487,7 +524,13 @@ def conjugate_gradient(objective: TrainingObjective, v: torch.Tensor, damping: f
                        tol: float = 1e-6, maxiter: int = 200, batch_size: int = 64,
                        progress: bool = False) -> torch.Tensor:
     """``(H + damping I)^-1 v`` by conjugate gradients with full-training-set HVPs (each row of
-    ``v`` solved independently). Stops when ``||r|| <= tol ||v||`` for every row."""
+    ``v`` solved independently). Stops when ``||r|| <= tol ||v||`` for every row.
+
+    Raises :class:`repro.errors.ConvergenceError` when it meets non-positive curvature (``H +
+    damping I`` is not positive definite, so CG's answer would be meaningless) or when ``maxiter``
+    iterations do not reach ``tol``; :class:`repro.errors.InvalidParameterError` for a negative or
+    non-finite ``damping``."""
+    damping = as_finite_float("damping", damping, minimum=0.0)
     rows, single = objective._as_rows(v)
     x = torch.zeros_like(rows)
     r = rows.clone()
@@ -499,9 +542,12 @@ def conjugate_gradient(objective: TrainingObjective, v: torch.Tensor, damping: f
             break
         Ap = objective.full_hvp(p, batch_size) + damping * p
         pAp = (p * Ap).sum(1)
-        if bool((pAp <= 0).any()):
-            warnings.warn("CG met non-positive curvature: H + damping I is not positive definite; "
-                          "raise damping", RuntimeWarning, stacklevel=2)
+        still = rs.sqrt() > tol * bnorm
+        if bool(((pAp <= 0) & still).any()):
+            raise ConvergenceError(
+                f"CG met non-positive curvature (p.(H + {damping:g} I)p = {float(pAp.min()):.3g}): H + "
+                "damping I is not positive definite (the model is not at a minimum, or damping is 0 "
+                "on a singular Hessian); raise damping, or use solver='exact' / 'lissa'")
         active = (rs.sqrt() > tol * bnorm).to(rows.dtype)
         alpha = active * rs / pAp.where(pAp.abs() > 0, torch.ones_like(pAp))
         x = x + alpha[:, None] * p
@@ -512,6 +558,7 @@ def conjugate_gradient(objective: TrainingObjective, v: torch.Tensor, damping: f
         rs = rs_new
     else:
         if bool((rs.sqrt() > tol * bnorm).any()):
-            warnings.warn(f"CG did not reach tol={tol} in {maxiter} iterations", RuntimeWarning,
-                          stacklevel=2)
+            worst = float((rs.sqrt() / bnorm).max())
+            raise ConvergenceError(f"CG did not reach tol={tol:g} in maxiter={maxiter} iterations (relative "
+                                   f"residual {worst:.3g}); raise cg_maxiter, loosen cg_tol or raise damping")
     return x[0] if single else x

@@ -31,7 +31,8 @@ import torch
 
 from repro.data.core import Batch
 from repro.errors import EmptyDatasetError, ReproError, UnknownNameError
-from repro.influence.grads import as_batch, param_names, per_example_grads, resolve_target
+from repro.checks import as_finite_float, check_k
+from repro.influence.grads import as_batch, param_names, train_batch, per_example_grads, resolve_target
 from repro.influence.hessian import (LissaConfig, LissaInfo, TrainingObjective, WeightDecay,
                                      conjugate_gradient, exact_ihvp, lissa_sum)
 from repro.utils import progress as _progress
@@ -120,7 +121,7 @@ class InfluenceFunction:
                 raise TypeError(f"LiSSA options {sorted(lissa_kwargs) or ['lissa']} given with "
                                 f"solver={solver!r}; they only apply to solver='lissa'")
             self.lissa = None
-            self.damping = float(damping or 0.0)
+            self.damping = as_finite_float("damping", 0.0 if damping is None else damping, minimum=0.0)
         if cache_train_grads not in ("auto", True, False):
             raise ValueError(f"cache_train_grads must be 'auto', True or False, got {cache_train_grads!r}")
         self.device = resolve_device(device)
@@ -147,11 +148,7 @@ class InfluenceFunction:
     # ------------------------------------------------------------------ setup
     def fit(self, train) -> "InfluenceFunction":
         """Use ``train`` as the training set (Hessian, default columns); returns ``self``."""
-        batch = as_batch(self.model, train)
-        if len(batch) == 0:
-            raise EmptyDatasetError("InfluenceFunction.fit got no training examples")
-        if len(torch.unique(batch.ids)) != len(batch):
-            raise ValueError("training example ids must be unique")
+        batch = train_batch(self.model, train, "InfluenceFunction")
         self.objective = TrainingObjective(self.model, batch, self.names, self.weight_decay,
                                            target=self.train_loss)
         self._train_grads = None
@@ -190,7 +187,7 @@ class InfluenceFunction:
         ``aggregate="mean"`` (several anchors as one query, as FastIF's HANS experiment)."""
         if aggregate not in AGGREGATES:
             raise UnknownNameError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
-        batch = as_batch(self.model, test)
+        batch = as_batch(self.model, test, "test examples")
         if len(batch) == 0:
             raise EmptyDatasetError("no test examples")
         g = self._grads(batch, self.target)
@@ -313,6 +310,7 @@ class InfluenceFunction:
     def top_k(self, test, k: int = 5, aggregate: str = "none") -> dict:
         """The ``k`` most helpful (``proponents``, largest positive scores, descending) and most
         harmful (``opponents``, most negative first) training ids of every test point."""
+        check_k(k)
         batch = as_batch(self.model, test)
         s = self.scores(batch, aggregate=aggregate)
         k = min(int(k), s.shape[1])

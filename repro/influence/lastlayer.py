@@ -14,11 +14,15 @@ linear classifier ``logits = W a + b`` under softmax cross-entropy.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from repro.checks import as_finite_float, check_batch
 from repro.data.core import Batch
+from repro.errors import ConvergenceError, InvalidParameterError
 from repro.utils import resolve_device
 
 
@@ -27,6 +31,7 @@ def features_and_logits(model, data, batch_size: int = 256, device="auto") -> tu
     """Penultimate features and logits of every example (eval mode), on the CPU, float64."""
     device = resolve_device(device)
     batch = data if isinstance(data, Batch) else model.encode(data)
+    check_batch(model, batch)
     was = model.training
     model.to(device).eval()
     feats, logits = [], []
@@ -62,6 +67,7 @@ class LastLayerInfluence:
 
     def __init__(self, model, train, damping: float = 1e-3, batch_size: int = 256, device="auto"):
         self.model = model
+        damping = as_finite_float("damping", damping, minimum=0.0)
         self.bias = model.last_layer.bias is not None
         self.feats, logits, self.train = features_and_logits(model, train, batch_size, device)
         self.labels = self.train.labels
@@ -78,7 +84,12 @@ class LastLayerInfluence:
         self.hessian = H
         self.damping = damping
         eye = torch.eye(H.shape[0], dtype=H.dtype)
-        self._chol = torch.linalg.cholesky(H + damping * eye)
+        L, info = torch.linalg.cholesky_ex(H + damping * eye)
+        if int(info) != 0:
+            raise ConvergenceError(f"the last-layer Hessian + damping={damping:g} I is singular or not positive "
+                                   "definite (softmax Hessians are singular along the all-ones direction); "
+                                   "use damping > 0, e.g. 1e-3")
+        self._chol = L
         self.train_grads = _grads(self.feats, softmax_errors(self.logits, self.labels), self.bias)
 
     def _logits(self, feats):
@@ -112,10 +123,16 @@ class RepresenterPoints:
         train: training data.
         lam: L2 strength of the refit ``min_W 1/n sum_i CE(W f_i, y_i) + lam ||W||^2``.
         max_iter: L-BFGS iterations of the refit (it starts from the trained weights).
+        stationarity_tol: the refit counts as converged (``converged``; else a RuntimeWarning) when
+            ``max |sum_i alpha_i f_i - W| <= stationarity_tol * max(1, max |W|)``.
     """
 
-    def __init__(self, model, train, lam: float = 1e-3, max_iter: int = 500, batch_size: int = 256, device="auto"):
+    def __init__(self, model, train, lam: float = 1e-3, max_iter: int = 500, batch_size: int = 256, device="auto",
+                 stationarity_tol: float = 1e-4):
         self.model = model
+        lam = as_finite_float("lam", lam)
+        if lam <= 0:
+            raise InvalidParameterError(f"RepresenterPoints needs lam > 0 (the alphas divide by it), got {lam}")
         self.lam = lam
         self.feats, logits, self.train = features_and_logits(model, train, batch_size, device)
         self.labels = self.train.labels
@@ -135,6 +152,14 @@ class RepresenterPoints:
         n = len(f)
         self.alpha = -softmax_errors(f @ self.W.T, y) / (2 * lam * n)  # (n, C)
         self.stationarity = float((self.alpha.T @ f - self.W).abs().max())  # 0 at the optimum
+        # the representer decomposition holds at a stationary point of the refit only
+        scale = max(1.0, float(self.W.abs().max()))
+        self.converged = bool(self.stationarity <= stationarity_tol * scale)
+        if not self.converged:
+            warnings.warn(f"RepresenterPoints: the L-BFGS refit did not reach a stationary point "
+                          f"(max |sum_i alpha_i f_i - W| = {self.stationarity:.3g}) in max_iter={max_iter} "
+                          "iterations; representer values are approximate: raise max_iter or lam",
+                          RuntimeWarning, stacklevel=2)
 
     def scores(self, test, classes=None) -> torch.Tensor:
         """Representer values (n_test, n_train) for the test label (or ``classes``): alpha_i,c (f_i . f_t).

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from repro.data.core import Batch
 from repro.errors import CheckpointError, ReproError
+from repro.checks import as_finite_float, batch_fingerprint, check_k
 from repro.influence.cache import GradientCache, cached_rows, file_fingerprint, ids_fingerprint
 from repro.influence.grads import as_batch, grad_dim, param_names, per_example_grads, resolve_target, train_batch
 from repro.train import Checkpoint, list_checkpoints, load_run
@@ -42,7 +43,7 @@ def proponents_opponents(scores: torch.Tensor, train_ids: torch.Tensor, test_ids
     """The ``k`` largest (proponents) and smallest (opponents) scores of every row, as ids and scores:
     ``test_ids``, ``proponents``, ``proponent_scores`` (descending), ``opponents``,
     ``opponent_scores`` (ascending, most negative first)."""
-    k = min(int(k), scores.shape[1])
+    k = min(check_k(k), scores.shape[1])
     hi = scores.topk(k, dim=1, largest=True)
     lo = scores.topk(k, dim=1, largest=False)
     return {"test_ids": test_ids.clone(), "proponents": train_ids[hi.indices], "proponent_scores": hi.values,
@@ -51,18 +52,48 @@ def proponents_opponents(scores: torch.Tensor, train_ids: torch.Tensor, test_ids
 
 def resolve_checkpoints(checkpoints) -> list[Checkpoint]:
     """A run folder (str/Path, read with :func:`repro.train.list_checkpoints`), one Checkpoint, or
-    a list of them, as a non-empty list in the given order."""
+    a list of them, as a non-empty list in the given order.
+
+    A list must hold checkpoints of **one run in training order**: the same file twice, two
+    checkpoints of one optimizer step, steps out of order, or checkpoints from different run
+    folders raise :class:`repro.errors.CheckpointError` (TracInCP sums over one trajectory; a mixed
+    list gives a number that means nothing). Learning rates must be finite numbers >= 0."""
     if isinstance(checkpoints, (str, Path)):
-        return _dedupe_steps(list_checkpoints(checkpoints))
-    if isinstance(checkpoints, Checkpoint):
-        return [checkpoints]
-    cks = list(checkpoints)
+        cks = _dedupe_steps(list_checkpoints(checkpoints))
+    elif isinstance(checkpoints, Checkpoint):
+        cks = [checkpoints]
+    else:
+        cks = list(checkpoints)
     if not cks:
         raise CheckpointError("TracInCP needs at least one checkpoint")
     bad = [type(c).__name__ for c in cks if not isinstance(c, Checkpoint)]
     if bad:
         raise TypeError(f"checkpoints must be repro.train.Checkpoint objects, got {bad[:3]}")
+    _check_one_run(cks)
+    for c in cks:
+        for key in ("lr", "lr_mean"):
+            as_finite_float(f"{key} of checkpoint", getattr(c, key), minimum=0.0, where=str(c.path))
     return cks
+
+
+def _check_one_run(cks: list[Checkpoint]) -> None:
+    paths = [Path(c.path).resolve() for c in cks]
+    seen: dict[Path, int] = {}
+    for i, p in enumerate(paths):
+        if p in seen:
+            raise CheckpointError(f"checkpoint {cks[i].path} is listed twice (positions {seen[p]} and {i}); "
+                                  "each checkpoint counts once")
+        seen[p] = i
+    runs = sorted({str(p.parent.parent) for p in paths})
+    if len(runs) > 1:
+        raise CheckpointError(f"checkpoints come from {len(runs)} different run folders ({', '.join(runs[:3])}); "
+                              "TracInCP sums over the checkpoints of one training run")
+    for a, b in zip(cks, cks[1:]):
+        if b.step <= a.step:
+            what = "share optimizer step" if b.step == a.step else "are out of training order"
+            raise CheckpointError(f"checkpoints {a.path.name} (step {a.step}) and {b.path.name} (step {b.step}) "
+                                  f"{what}; pass the checkpoints of one run in training order, each step once "
+                                  "(list_checkpoints(run_dir) gives them so)")
 
 
 def _dedupe_steps(cks: list[Checkpoint]) -> list[Checkpoint]:
@@ -197,8 +228,18 @@ class TracInCP:
             "target": "loss",
             "n": len(train),
             "ids": ids_fingerprint(train.ids),
+            # content, not just ids: flipped labels or changed inputs with the same ids change rows
+            "labels": self._data_fp(train)["labels"],
+            "inputs": self._data_fp(train)["inputs"],
+            "dtype": str(next(self.model.parameters()).dtype),
             "chunk_rows": self.cache_chunk,
         }
+
+    def _data_fp(self, train: Batch) -> dict:
+        """Content fingerprint of the training batch (computed once per batch object)."""
+        if getattr(self, "_fp_of", None) is not train:
+            self._fp_of, self._fp = train, batch_fingerprint(train)
+        return self._fp
 
     # ------------------------------------------------------------------ per-example rows
     @torch.no_grad()
@@ -291,7 +332,7 @@ class TracInCP:
     def scores(self, test) -> torch.Tensor:
         """TracInCP scores ``(n_test, n_train)``; positive = proponent, negative = opponent."""
         self._check_fitted()
-        batch = as_batch(self.model, test)
+        batch = as_batch(self.model, test, "TracInCP test examples")
         sign = -1.0 if self.target.higher_is_better else 1.0
         out = torch.zeros(len(batch), len(self._train), dtype=torch.float32)
         n = len(batch)
@@ -309,13 +350,50 @@ class TracInCP:
                     bar.update(hi - lo)
         return out
 
-    def self_influence(self) -> torch.Tensor:
-        """``sum_i eta_i |grad l(w_i, z)|^2`` for every training example ``(n_train,)``, >= 0."""
-        self._check_fitted()
-        out = torch.zeros(len(self._train), dtype=torch.float32)
-        for w, rows in zip(self.weights, self._rows):
-            out.add_(self._sq_norms(rows), alpha=w)
-        return out
+    def self_influence(self, train=None, per_checkpoint: bool = False) -> torch.Tensor:
+        """``sum_i eta_i |grad l(w_i, z)|^2`` for every training example ``(n_train,)``, >= 0.
+
+        Args:
+            train: ``None`` (default): the examples given to :meth:`fit`, from their stored rows.
+                Data: computed *streaming* from that data without :meth:`fit` (nothing is stored;
+                memory is one chunk of per-example gradients, however many parameters or
+                checkpoints), exactly the same numbers. Use it for self-influence over many
+                parameters, where storing ``n x d`` rows per checkpoint does not fit in memory.
+            per_checkpoint: return ``(n_checkpoints, n_train)``, row ``i`` = ``eta_i |grad l(w_i, z)|^2``
+                (so any subset of checkpoints is a sum of rows; ``.sum(0)`` is the default result).
+        """
+        if train is None:
+            self._check_fitted()
+            per = [self._sq_norms(rows) * w for w, rows in zip(self.weights, self._rows)]
+        else:
+            per = self._stream_sq_norms(train_batch(self.model, train, "TracInCP.self_influence"))
+        per = torch.stack(per) if per else torch.zeros(0)
+        return per if per_checkpoint else per.sum(0)
+
+    def _stream_sq_norms(self, batch: Batch) -> list[torch.Tensor]:
+        n = len(batch)
+        if self.fast:
+            step = self.batch_size or 256
+        else:
+            from repro.influence.grads import choose_method, default_chunk_size
+            method = choose_method(self.model, self.device, self.method, self.names)
+            d = self.projector.dim_out if self.projector is not None else grad_dim(self.model, self.names)
+            step = self.batch_size or default_chunk_size(max(d, grad_dim(self.model, self.names)), method)
+        per = []
+        with _progress(total=n * len(self.checkpoints), desc="TracInCP self-influence",
+                       disable=not self.progress, leave=False) as bar:
+            for first, (ck, w) in enumerate(zip(self.checkpoints, self.weights)):
+                ck.load_into(self.model)
+                out = torch.empty(n, dtype=torch.float32)
+                for lo in range(0, n, step):
+                    hi = min(n, lo + step)
+                    chunk = batch[torch.arange(lo, hi)]
+                    rows = self._factors(chunk, check=first == 0 and lo == 0) if self.fast \
+                        else self._grads(chunk, None)
+                    out[lo:hi] = self._sq_norms(rows) * w
+                    bar.update(hi - lo)
+                per.append(out)
+        return per
 
     def top_k(self, test, k: int = 5) -> dict:
         """The ``k`` strongest proponents and opponents of every test example.
@@ -323,6 +401,7 @@ class TracInCP:
         Returns a dict of tensors: ``test_ids`` (n_test,), ``proponents`` / ``opponents`` (ids,
         (n_test, k)), ``proponent_scores`` (descending) / ``opponent_scores`` (ascending, most
         negative first)."""
+        check_k(k)
         batch = as_batch(self.model, test)
         return proponents_opponents(self.scores(batch), self._train.ids, batch.ids, k)
 

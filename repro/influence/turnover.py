@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from repro.checks import check_batch, check_k
 from repro.data.core import Batch, Dataset
 from repro.errors import ReproError
 from repro.utils import progress, resolve_device
@@ -69,7 +70,9 @@ class TurnOverInfluence:
         self.show_progress = show_progress
 
     def _batch(self, data) -> Batch:
-        return data if isinstance(data, Batch) else self.model.encode(data)
+        batch = data if isinstance(data, Batch) else self.model.encode(data)
+        check_batch(self.model, batch)
+        return batch
 
     # ------------------------------------------------------------------ fast path
     @torch.no_grad()
@@ -193,6 +196,7 @@ class TurnOverInfluence:
 
     def top_k(self, targets, train_ids, k: int = 5) -> dict:
         """Most helpful (proponents) and most harmful (opponents) training ids per target."""
+        check_k(k)
         s = self.scores(targets, train_ids)
         ids = _ids_of(train_ids)
         k = min(k, s.shape[1])

