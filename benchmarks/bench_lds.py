@@ -39,6 +39,8 @@ def main():
     ap.add_argument("--chunk", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--measure", default="loss")
+    ap.add_argument("--loo", type=int, default=0, help="also: fixed-order LOO of this many random removals, "
+                    "each method's agreement with it, and its noise ceiling (1e-6 perturbation, seed 1)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     train = load("fashion_mnist", n=a.n, seed=0, stratify=True)
@@ -86,8 +88,26 @@ def main():
     for k in list(res)[1:]:
         m, ci = D.lds_difference(res[first], res[k])
         print(f"{first} - {k}: {m:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+    if a.loo:
+        loo_look(a, make, train, targets, cfg, methods)
     print("measured benefit spread over subsets (sd of -loss, mean over targets):",
           f"{np.mean(runs.benefit.std(0)):.3f}")
+
+
+def loo_look(a, make, train, targets, cfg, methods):
+    from repro.experiments import loo as L
+
+    removed = L.random_removals(train, a.loo, seed=0)
+    t0 = time.perf_counter()
+    truth = L.fixed_order_loo(make, train, targets, cfg, removed, seed=0, chunk=a.chunk)
+    print(f"fixed-order LOO, {a.loo} removals: {time.perf_counter() - t0:.1f} s")
+    for name, sc in methods.items():
+        m, ci = L.agreement(sc, truth, train_ids=train.ids).value("spearman")
+        print(f"LOO agreement {name:35s} spearman {m:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+    for label, kw in (("1e-6 perturbation", {"perturb": 1e-6, "perturb_seed": 1}), ("seed 1", {"seed": 1})):
+        other = L.fixed_order_loo(make, train, targets, cfg, removed, chunk=a.chunk, **{"seed": 0, **kw})
+        m, ci = L.noise_ceiling(truth, other).value("spearman")
+        print(f"LOO noise ceiling ({label}): spearman {m:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 order (re-derived by hand), batched and one-by-one retraining agree, a planted mislabelled
 neighbour of a target is harmful to it, an estimator equal to the ground truth agrees perfectly,
 and the noise ceiling is high under a 1e-6 perturbation. Tiny 2-d model: each retraining ~10 ms."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from repro.data.core import ImageDataset
-from repro.errors import ConfigMismatchError, InvalidParameterError
+from repro.errors import ConfigMismatchError, EmptyDatasetError, InvalidParameterError, ReproError
 from repro.experiments import loo as L
+from repro.experiments.masked import masked_outputs
 from repro.models import mlp
 from repro.train import TrainConfig
 
@@ -130,3 +133,14 @@ def test_bad_inputs_are_named(toy):
         L.agreement(np.zeros((3, len(train))), truth)
     with pytest.raises(InvalidParameterError, match="k must be"):
         L.random_removals(train, 0)
+    W = np.ones((2, len(train)), np.float32)
+    with pytest.raises(InvalidParameterError, match=r"weights must be \(M, 81\)"):
+        masked_outputs(make, train, targets, CFG, W[:, :5], show_progress=False)
+    with pytest.raises(InvalidParameterError, match="0 \\(masked\\) or 1"):
+        masked_outputs(make, train, targets, CFG, W * 0.5, show_progress=False)
+    W[1] = 0
+    with pytest.raises(EmptyDatasetError, match="rows \\[1\\]"):
+        masked_outputs(make, train, targets, CFG, W, show_progress=False)
+    with pytest.raises(ReproError, match="sgd"):
+        masked_outputs(make, train, targets, dataclasses.replace(CFG, optimizer="adamw"), W[:1], batched=True,
+                       show_progress=False)
