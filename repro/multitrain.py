@@ -21,8 +21,9 @@ Like the Trainer, the training forward passes get the mini-batch's example ``ids
 a pure function of the ids, shared by all copies); prediction (:func:`stacked_predict`) passes no
 ids, so turn-over layers are the identity there, as in :func:`repro.train.predict`.
 
-Restrictions (named errors otherwise): ``optimizer="sgd"``, no ``max_grad_norm``, no AMP, and a
-model without randomness in training mode (no active dropout).
+Restrictions (named errors otherwise): ``optimizer="sgd"``, no ``max_grad_norm``, no AMP, a
+model without randomness in training mode (no active dropout), and no BatchNorm running statistics
+(they are buffers shared by the copies).
 """
 from __future__ import annotations
 
@@ -78,6 +79,9 @@ def _check(model: nn.Module, cfg: TrainConfig):
     if cfg.amp:
         raise ReproError("masked_fit runs in float32; set amp=False")
     for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
+            raise ReproError(f"masked_fit cannot update the BatchNorm running statistics of {name!r} for several "
+                             "copies at once; train one model at a time with Trainer.fit(masked_ids=...)")
         if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
             raise ReproError(f"masked_fit needs a model without randomness in training mode; {name!r} is "
                              f"dropout with p={mod.p}")

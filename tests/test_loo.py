@@ -144,3 +144,22 @@ def test_bad_inputs_are_named(toy):
     with pytest.raises(ReproError, match="sgd"):
         masked_outputs(make, train, targets, dataclasses.replace(CFG, optimizer="adamw"), W[:1], batched=True,
                        show_progress=False)
+
+
+def test_batchnorm_model_falls_back_to_one_by_one():
+    """BatchNorm running statistics cannot be trained for many copies at once: the default falls
+    back to one Trainer run per removal, and batched=True names the reason."""
+    from repro.data import load
+    from repro.models import vgg
+
+    train = load("fashion_mnist", n=48, seed=0)
+    targets = load("fashion_mnist", "test", n=4, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, device="cpu", progress=False)
+
+    def make_vgg(seed):
+        return vgg(num_classes=10, width=0.125, seed=seed, turnover={"p": 0.5, "seed": 3})
+
+    res = L.fixed_order_loo(make_vgg, train, targets, cfg, train.ids[:2], show_progress=False)
+    assert res.effects.shape == (4, 2) and np.abs(res.effects).max() > 0
+    with pytest.raises(ReproError, match="BatchNorm"):
+        L.fixed_order_loo(make_vgg, train, targets, cfg, train.ids[:2], batched=True, show_progress=False)
