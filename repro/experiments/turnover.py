@@ -5,6 +5,11 @@
   removing k random instances, over several seeds.
 * :func:`loo_agreement` -- compare the estimate with actual leave-one-out retraining on a small set.
 * :func:`explain` -- the most helpful / harmful training instances of given test examples.
+
+Ground truths that measure influence (same initialisation and mini-batch order, only the removed
+examples weighted 0) live in :mod:`repro.experiments.loo` (fixed-order leave-one-out with its noise
+ceiling) and :mod:`repro.experiments.lds` (linear datamodeling score over random subsets); prefer
+them to :func:`loo_agreement`, whose retraining reshuffles every mini-batch.
 """
 from __future__ import annotations
 
@@ -88,7 +93,11 @@ def loo_agreement(make_model: ModelFactory, train: Dataset, targets: Dataset, cf
     targets' total loss, pick candidates (the most harmful third, the most helpful third, a random
     third), retrain without each from the same seed and measure the change in the targets' total
     loss. Actual effect of removing z: ``L(without z) - L(all)``; a helpful z (positive estimate)
-    should have a positive actual effect. Returns one row per (seed, candidate)."""
+    should have a positive actual effect. Returns one row per (seed, candidate).
+
+    Caveat: the retraining without z draws a new shuffling of the reduced set, so every mini-batch
+    differs from the reference run and "actual" mostly measures the reshuffle, not z. For a ground
+    truth use :func:`repro.experiments.loo.fixed_order_loo` (order and initialisation kept)."""
     rows = []
     per = max(1, n_candidates // 3)
     for seed in seeds:
