@@ -90,3 +90,16 @@ def test_real_retrainings_datamodel_beats_random():
     # the one-by-one fallback measures the same runs
     slow = D.subset_runs(make, train, targets, CFG, n_subsets=3, subset_seed=2, batched=False, show_progress=False)
     np.testing.assert_allclose(slow.outputs, ev.outputs[:3], atol=2e-5)
+
+
+def test_combine_over_seeds_averages_per_target():
+    runs, tau = additive_runs()
+    a = D.lds(tau, runs)
+    b = D.lds(D.random_scores(*tau.shape, seed=2), runs)
+    both = D.combine_lds([a, b])
+    np.testing.assert_allclose(both.per_target.spearman, (a.per_target.spearman + b.per_target.spearman) / 2)
+    assert both.mean == pytest.approx((a.mean + b.mean) / 2)
+    assert both.n_targets == len(runs.target_ids)
+    other, _ = additive_runs(n_targets=5)
+    with pytest.raises(InvalidParameterError, match="different targets"):
+        D.combine_lds([a, D.lds(D.random_scores(5, 60), other)])

@@ -32,7 +32,7 @@ from repro.experiments.loo import _corr
 from repro.experiments.masked import MEASURES, ModelFactory, encode, masked_outputs
 from repro.train import TrainConfig
 
-__all__ = ["SubsetRuns", "LDSResult", "random_subsets", "subset_runs", "lds", "lds_table", "lds_difference",
+__all__ = ["SubsetRuns", "LDSResult", "random_subsets", "subset_runs", "lds", "lds_table", "lds_difference", "combine_lds",
            "same_label_scores", "random_scores"]
 
 
@@ -177,6 +177,23 @@ def lds_difference(a: LDSResult, b: LDSResult, n_resamples: int = 10_000, seed: 
     if not ja.index.equals(jb.index):
         raise InvalidParameterError("the two LDS results cover different targets; compute both on the same runs")
     return bootstrap_ci((ja - jb).to_numpy(), n_resamples=n_resamples, seed=seed)
+
+
+def combine_lds(results, n_resamples: int = 10_000, seed: int = 0) -> LDSResult:
+    """One LDS from several (e.g. one per training seed, same targets): each target's correlations
+    are averaged over the results first, then the mean over targets gets its bootstrap CI over
+    targets (targets are the independent units; the seeds of one target are not)."""
+    results = list(results)
+    if not results:
+        raise InvalidParameterError("combine_lds needs at least one LDSResult")
+    frames = [r.per_target.set_index("target_id")["spearman"] for r in results]
+    if any(not f.index.equals(frames[0].index) for f in frames):
+        raise InvalidParameterError("the LDS results cover different targets; measure every seed on the same targets")
+    per_target = pd.concat(frames, axis=1).mean(axis=1, skipna=True)
+    per = pd.DataFrame({"target_id": per_target.index.to_numpy(), "spearman": per_target.to_numpy(),
+                        "n_subsets": sum(int(r.per_target.n_subsets.iloc[0]) for r in results)})
+    m, ci = bootstrap_ci(per.spearman.to_numpy(), n_resamples=n_resamples, seed=seed)
+    return LDSResult(per, m, ci, int(per.spearman.notna().sum()))
 
 
 def same_label_scores(train_labels, target_labels) -> np.ndarray:
