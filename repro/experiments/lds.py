@@ -10,7 +10,8 @@ additive model says: training on a subset ``S`` helps target ``t`` by about
    (``loss``, or ``margin``);
 3. for each target, Spearman correlation over the ``M`` subsets between the predicted ``g_t(S_m)``
    and the measured benefit (``-loss``, or ``margin``);
-4. report the mean over targets with a bootstrap CI over targets.
+4. report the mean over targets with a 95% CI from a two-way bootstrap over targets and subsets
+   (all targets share the subsets, so resampling targets alone would be too optimistic).
 
 The subset runs (:func:`subset_runs`) are made once and serve every estimator (:func:`lds` takes any
 ``(n_targets, n_train)`` score matrix): turn-over influence, TracInCP, influence functions, and the
@@ -20,15 +21,15 @@ far less at the mercy of trajectory noise than leave-one-out.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from repro.claims import bootstrap_ci
 from repro.errors import InvalidParameterError
-from repro.experiments.loo import _corr
+from repro.experiments.corr import rowwise_corr, two_way_ci
 from repro.experiments.masked import MEASURES, ModelFactory, encode, masked_outputs
 from repro.train import TrainConfig
 
@@ -59,13 +60,18 @@ class SubsetRuns:
 
 @dataclass
 class LDSResult:
-    """Per-target Spearman correlations (``per_target``) and their mean with a bootstrap 95% CI over
-    targets (``mean``, ``ci95``); ``n_targets`` counts targets with a defined correlation."""
+    """Per-target Spearman correlations (``per_target``) and their mean with a 95% CI (``mean``,
+    ``ci95``) from a two-way bootstrap over targets and subsets (every target is measured on the
+    same subsets, see :mod:`repro.experiments.corr`); ``n_targets`` counts targets with a defined
+    correlation. ``predicted`` and ``measured`` are the ``(n_targets, n_subsets)`` matrices the
+    correlations come from (kept for paired comparisons)."""
 
     per_target: pd.DataFrame
     mean: float
     ci95: list
     n_targets: int
+    predicted: np.ndarray | None = None
+    measured: np.ndarray | None = None
 
 
 def random_subsets(n_train: int, n_subsets: int = 50, alpha: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -140,7 +146,7 @@ def _score_matrix(scores, runs: SubsetRuns, train_ids, target_ids) -> np.ndarray
     return s
 
 
-def lds(scores, runs: SubsetRuns, train_ids=None, target_ids=None, n_resamples: int = 10_000,
+def lds(scores, runs: SubsetRuns, train_ids=None, target_ids=None, n_resamples: int = 2000,
         seed: int = 0) -> LDSResult:
     """Linear datamodeling score of ``scores`` (``(n_targets, n_train)``, positive = helpful).
 
@@ -149,16 +155,22 @@ def lds(scores, runs: SubsetRuns, train_ids=None, target_ids=None, n_resamples: 
     given. A target whose predicted or measured values do not vary over subsets gets NaN and is
     left out of the mean (``n_targets`` says how many count)."""
     s = _score_matrix(scores, runs, train_ids, target_ids)
-    pred = runs.kept.astype(np.float64) @ s.T  # (M, n_targets): predicted benefit of each subset
-    ben = runs.benefit
-    rho = np.array([_corr(pred[:, t], ben[:, t], "spearman") for t in range(len(runs.target_ids))])
+    pred = s @ runs.kept.astype(np.float64).T  # (n_targets, M): predicted benefit of each subset
+    ben = runs.benefit.T
+    rho = rowwise_corr(pred, ben, "spearman")
     per = pd.DataFrame({"target_id": runs.target_ids, "spearman": rho, "n_subsets": len(runs.kept)})
-    m, ci = bootstrap_ci(rho, n_resamples=n_resamples, seed=seed)
-    return LDSResult(per, m, ci, int((~np.isnan(rho)).sum()))
+    ci = two_way_ci(lambda r, c: np.nanmean(rowwise_corr(pred[r][:, c[0]], ben[r][:, c[0]])),
+                    len(rho), [pred.shape[1]], n_resamples, seed)
+    return LDSResult(per, _nanmean(rho), ci, int((~np.isnan(rho)).sum()), pred, ben)
+
+
+def _nanmean(v) -> float:
+    v = np.asarray(v, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 
 def lds_table(methods: dict, runs: SubsetRuns, train_ids=None, target_ids=None,
-              n_resamples: int = 10_000) -> pd.DataFrame:
+              n_resamples: int = 2000) -> pd.DataFrame:
     """LDS of several score matrices (``{name: scores}``) on the same subset runs: one row per
     method with the mean over targets, its 95% CI and the number of targets counted."""
     rows = []
@@ -169,31 +181,49 @@ def lds_table(methods: dict, runs: SubsetRuns, train_ids=None, target_ids=None,
     return pd.DataFrame(rows)
 
 
-def lds_difference(a: LDSResult, b: LDSResult, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, list]:
-    """Paired difference ``LDS(a) - LDS(b)`` over the targets both define (same subset runs), with a
-    bootstrap 95% CI over targets: the comparison of two methods on one set of runs."""
-    ja = a.per_target.set_index("target_id")["spearman"]
-    jb = b.per_target.set_index("target_id")["spearman"]
-    if not ja.index.equals(jb.index):
-        raise InvalidParameterError("the two LDS results cover different targets; compute both on the same runs")
-    return bootstrap_ci((ja - jb).to_numpy(), n_resamples=n_resamples, seed=seed)
+def lds_difference(a: LDSResult, b: LDSResult, n_resamples: int = 2000, seed: int = 0) -> tuple[float, list]:
+    """Paired difference ``LDS(a) - LDS(b)`` of two methods on the same subset runs: the mean over
+    targets of the per-target difference, with a two-way bootstrap CI (targets and subsets drawn
+    once per replicate for both methods)."""
+    if a.predicted is None or b.predicted is None:
+        raise InvalidParameterError("lds_difference needs results of lds() (they keep the predicted values)")
+    if not np.array_equal(a.per_target.target_id.to_numpy(), b.per_target.target_id.to_numpy()) or \
+            a.measured.shape != b.measured.shape or not np.array_equal(a.measured, b.measured):
+        raise InvalidParameterError("the two LDS results come from different subset runs or targets; compute "
+                                    "both with lds() on the same runs")
+    pa, pb, y = a.predicted, b.predicted, a.measured
+    diff = a.per_target.spearman.to_numpy() - b.per_target.spearman.to_numpy()
+
+    def stat(r, c):
+        return np.nanmean(rowwise_corr(pa[r][:, c[0]], y[r][:, c[0]]) - rowwise_corr(pb[r][:, c[0]], y[r][:, c[0]]))
+
+    return _nanmean(diff), two_way_ci(stat, len(diff), [y.shape[1]], n_resamples, seed)
 
 
-def combine_lds(results, n_resamples: int = 10_000, seed: int = 0) -> LDSResult:
-    """One LDS from several (e.g. one per training seed, same targets): each target's correlations
-    are averaged over the results first, then the mean over targets gets its bootstrap CI over
-    targets (targets are the independent units; the seeds of one target are not)."""
+def combine_lds(results, n_resamples: int = 2000, seed: int = 0) -> LDSResult:
+    """One LDS from several results on the same targets (e.g. one per training seed, each with its
+    own subset runs): each target's correlations are averaged over the results, then over targets;
+    the CI redraws targets (shared) and every result's subsets (its own) in each replicate."""
     results = list(results)
     if not results:
         raise InvalidParameterError("combine_lds needs at least one LDSResult")
-    frames = [r.per_target.set_index("target_id")["spearman"] for r in results]
-    if any(not f.index.equals(frames[0].index) for f in frames):
+    ids = results[0].per_target.target_id.to_numpy()
+    if any(not np.array_equal(r.per_target.target_id.to_numpy(), ids) for r in results):
         raise InvalidParameterError("the LDS results cover different targets; measure every seed on the same targets")
-    per_target = pd.concat(frames, axis=1).mean(axis=1, skipna=True)
-    per = pd.DataFrame({"target_id": per_target.index.to_numpy(), "spearman": per_target.to_numpy(),
+    if any(r.predicted is None for r in results):
+        raise InvalidParameterError("combine_lds needs results of lds() (they keep the predicted values)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_target = np.nanmean(np.stack([r.per_target.spearman.to_numpy() for r in results]), axis=0)
+
+    def stat(rows, cols):
+        vals = [rowwise_corr(r.predicted[rows][:, c], r.measured[rows][:, c]) for r, c in zip(results, cols)]
+        return np.nanmean(np.nanmean(np.stack(vals), axis=0))
+
+    ci = two_way_ci(stat, len(ids), [r.predicted.shape[1] for r in results], n_resamples, seed)
+    per = pd.DataFrame({"target_id": ids, "spearman": per_target,
                         "n_subsets": sum(int(r.per_target.n_subsets.iloc[0]) for r in results)})
-    m, ci = bootstrap_ci(per.spearman.to_numpy(), n_resamples=n_resamples, seed=seed)
-    return LDSResult(per, m, ci, int(per.spearman.notna().sum()))
+    return LDSResult(per, _nanmean(per_target), ci, int(np.isfinite(per_target).sum()))
 
 
 def same_label_scores(train_labels, target_labels) -> np.ndarray:

@@ -37,8 +37,8 @@ import pandas as pd
 import torch
 from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 
-from repro.claims import bootstrap_ci
 from repro.errors import ConfigMismatchError, InvalidParameterError
+from repro.experiments.corr import rowwise_corr, two_way_ci
 from repro.experiments.masked import ModelFactory, encode, masked_outputs
 from repro.train import TrainConfig
 
@@ -75,10 +75,10 @@ class Agreement:
 
     ``per_target``: one row per target (``spearman``, ``pearson``, ``n`` removals).
     ``summary``: one row per (statistic, level) with value and 95% CI:
-    ``per-target mean`` (mean of the per-target correlations, bootstrap over targets),
-    ``pooled`` (one correlation over all (target, removal) pairs, bootstrap over targets) and
-    ``summed over targets`` (scores summed over targets vs effects on the summed loss, bootstrap
-    over removals)."""
+    ``per-target mean`` (mean of the per-target correlations), ``pooled`` (one correlation over all
+    (target, removal) pairs) -- both with a two-way bootstrap over targets and removals, since all
+    targets share the removals -- and ``summed over targets`` (scores summed over targets vs
+    effects on the summed loss, bootstrap over removals)."""
 
     per_target: pd.DataFrame
     summary: pd.DataFrame
@@ -168,39 +168,32 @@ def _corr(x: np.ndarray, y: np.ndarray, kind: str) -> float:
         return float((spearmanr if kind == "spearman" else pearsonr)(x, y)[0])
 
 
-def _boot(fn, n: int, n_resamples: int, seed: int) -> list[float]:
-    rng = np.random.default_rng(seed)
-    vals = np.array([fn(rng.integers(0, n, n)) for _ in range(n_resamples)])
-    vals = vals[~np.isnan(vals)]
-    if len(vals) < 10:
-        return [float("nan"), float("nan")]
-    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))]
-
-
 def correlation_rows(s: np.ndarray, e: np.ndarray, target_ids, n_resamples: int = 2000,
                      seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-target and summary correlations of aligned ``(n_targets, k)`` matrices ``s`` (scores)
-    and ``e`` (effects); see :class:`Agreement`."""
-    n_t = s.shape[0]
-    per = pd.DataFrame({"target_id": np.asarray(target_ids),
-                        "spearman": [_corr(s[t], e[t], "spearman") for t in range(n_t)],
-                        "pearson": [_corr(s[t], e[t], "pearson") for t in range(n_t)],
-                        "n": s.shape[1]})
+    and ``e`` (effects); see :class:`Agreement`. The CIs of the per-target mean and of the pooled
+    correlation come from a two-way bootstrap over targets and removals
+    (:func:`repro.experiments.corr.two_way_ci`): all targets share the removals."""
+    n_t, k = s.shape
+    per = pd.DataFrame({"target_id": np.asarray(target_ids), "spearman": rowwise_corr(s, e, "spearman"),
+                        "pearson": rowwise_corr(s, e, "pearson"), "n": k})
     rows = []
     for stat in ("spearman", "pearson"):
         v = per[stat].to_numpy()
-        m, ci = bootstrap_ci(v, n_resamples=n_resamples, seed=seed)
-        rows.append({"statistic": stat, "level": "per-target mean", "value": m, "ci_lo": ci[0], "ci_hi": ci[1],
-                     "n": int((~np.isnan(v)).sum()), "unit": "targets"})
+        mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        ci = two_way_ci(lambda r, c: np.nanmean(rowwise_corr(s[r][:, c[0]], e[r][:, c[0]], stat)),
+                        n_t, [k], n_resamples, seed)
+        rows.append({"statistic": stat, "level": "per-target mean", "value": mean, "ci_lo": ci[0], "ci_hi": ci[1],
+                     "n": int((~np.isnan(v)).sum()), "unit": "targets; CI over targets and removals"})
         pooled = _corr(s.ravel(), e.ravel(), stat)
-        ci = _boot(lambda idx: _corr(s[idx].ravel(), e[idx].ravel(), stat), n_t, min(n_resamples, 1000), seed) \
-            if n_t > 1 else [float("nan")] * 2
+        ci = two_way_ci(lambda r, c: _corr(s[r][:, c[0]].ravel(), e[r][:, c[0]].ravel(), stat),
+                        n_t, [k], min(n_resamples, 1000), seed)
         rows.append({"statistic": stat, "level": "pooled", "value": pooled, "ci_lo": ci[0], "ci_hi": ci[1],
-                     "n": int(s.size), "unit": "(target, removal) pairs; CI over targets"})
+                     "n": int(s.size), "unit": "(target, removal) pairs; CI over targets and removals"})
         ss, es = s.sum(0), e.sum(0)
-        ci = _boot(lambda idx: _corr(ss[idx], es[idx], stat), len(ss), min(n_resamples, 1000), seed)
+        ci = two_way_ci(lambda r, c: _corr(ss[c[0]], es[c[0]], stat), 1, [k], min(n_resamples, 1000), seed)
         rows.append({"statistic": stat, "level": "summed over targets", "value": _corr(ss, es, stat),
-                     "ci_lo": ci[0], "ci_hi": ci[1], "n": int(len(ss)), "unit": "removals"})
+                     "ci_lo": ci[0], "ci_hi": ci[1], "n": int(k), "unit": "removals"})
     return per, pd.DataFrame(rows)
 
 
