@@ -13,7 +13,7 @@ from repro.data import concat_datasets, load
 from repro.errors import InvalidParameterError
 from repro.influence.turnover import TurnOverInfluence
 from repro.models import build_model, mlp
-from repro.models.turnover import TurnOverDropout, turnover_layers
+from repro.models.turnover import turnover_layers
 from repro.multitrain import masked_fit, unstack, weight_matrix
 from repro.train import TrainConfig, Trainer
 
