@@ -19,6 +19,10 @@ re-measures the same effects from an initialisation perturbed in its last digits
 (:func:`noise_ceiling`): an estimator cannot be expected to agree with the ground truth better than
 the ground truth agrees with itself.
 
+Cost: one masked retraining per removal plus one reference per chunk; with the MLP 784-256-256-10
+on 1,000 Fashion-MNIST images (10 epochs, one CPU thread, 20-25 copies at a time) about 1.2 s per
+removal, so a noise ceiling (a second measurement) doubles it.
+
 Typical use::
 
     removed = random_removals(train, 150, seed=0)
