@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--chunk", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--measure", default="loss")
@@ -46,7 +47,7 @@ def main():
     torch.set_num_threads(a.threads)
     train = load("fashion_mnist", n=a.n, seed=0, stratify=True)
     targets = load("fashion_mnist", "test", n=a.targets, seed=0)
-    cfg = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=32, momentum=0.9, device="cpu", progress=False)
+    cfg = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=32, momentum=a.momentum, device="cpu", progress=False)
 
     def make(seed):
         return mlp(num_classes=10, hidden=[256, 256], turnover={"p": 0.5, "seed": 11, "layers": a.layers}, seed=seed)
