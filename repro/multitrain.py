@@ -16,8 +16,14 @@ SGD with momentum is elementwise, so every copy follows exactly the trajectory i
 (up to floating-point summation order). :func:`masked_fit` is checked against
 :meth:`repro.train.Trainer.fit` with ``masked_ids`` (and against dropping the examples) in the tests.
 
-Restrictions (named errors otherwise): ``optimizer="sgd"``, no ``max_grad_norm``, no AMP, and a
-model without randomness in training mode (no active dropout).
+Like the Trainer, the training forward passes get the mini-batch's example ``ids`` when the model's
+``forward`` accepts them, so turn-over dropout layers apply each example's own mask (the masks are
+a pure function of the ids, shared by all copies); prediction (:func:`stacked_predict`) passes no
+ids, so turn-over layers are the identity there, as in :func:`repro.train.predict`.
+
+Restrictions (named errors otherwise): ``optimizer="sgd"``, no ``max_grad_norm``, no AMP, a
+model without randomness in training mode (no active dropout), and no BatchNorm running statistics
+(they are buffers shared by the copies).
 """
 from __future__ import annotations
 
@@ -53,6 +59,17 @@ def weight_matrix(train_ids, masked_sets: Sequence[Sequence[int]]) -> torch.Tens
     return w
 
 
+def _takes_ids(model: nn.Module) -> bool:
+    """Whether ``model.forward`` accepts ``ids`` (repro models do; turn-over dropout needs them)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "ids" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _check(model: nn.Module, cfg: TrainConfig):
     if cfg.optimizer != "sgd":
         raise ReproError(f"masked_fit supports optimizer='sgd' only (got {cfg.optimizer!r}); train one "
@@ -62,6 +79,9 @@ def _check(model: nn.Module, cfg: TrainConfig):
     if cfg.amp:
         raise ReproError("masked_fit runs in float32; set amp=False")
     for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
+            raise ReproError(f"masked_fit cannot update the BatchNorm running statistics of {name!r} for several "
+                             "copies at once; train one model at a time with Trainer.fit(masked_ids=...)")
         if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
             raise ReproError(f"masked_fit needs a model without randomness in training mode; {name!r} is "
                              f"dropout with p={mod.p}")
@@ -94,8 +114,11 @@ def masked_fit(model: nn.Module, config: TrainConfig, train: Batch, weights: tor
     bufs = {n: torch.zeros_like(p) for n, p in params.items()}
     started = torch.zeros(M, dtype=torch.bool, device=device)
 
-    def one(p, inputs):
-        return functional_call(model, ({**p, **frozen}, buffers), args=(), kwargs=inputs)
+    takes_ids = _takes_ids(model)
+
+    def one(p, inputs, ids):
+        kwargs = {**inputs, "ids": ids} if takes_ids else inputs
+        return functional_call(model, ({**p, **frozen}, buffers), args=(), kwargs=kwargs)
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     step = 0
@@ -114,7 +137,7 @@ def masked_fit(model: nn.Module, config: TrainConfig, train: Batch, weights: tor
             bar.update(1)
             if not bool(active.any()):
                 continue
-            logits = vmap(one, in_dims=(0, None))(params, mb.inputs)  # (M, b, C)
+            logits = vmap(one, in_dims=(0, None, None))(params, mb.inputs, mb.ids)  # (M, b, C)
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), mb.labels.repeat(M),
                                  reduction="none", label_smoothing=cfg.label_smoothing).view(M, -1)
             loss = ((ce * w).sum(1) / w.sum(1).clamp_min(1e-12)).sum()

@@ -6,7 +6,7 @@ from repro.models.base import ReproModel
 
 
 def build_model(spec: dict, seed: int | None = None) -> ReproModel:
-    """Build a model from its spec (``model.spec``; ``kind`` is ``"vgg"``, ``"text"`` or ``"word_cnn"``).
+    """Build a model from its spec (``model.spec``; ``kind`` is ``"vgg"``, ``"text"``, ``"word_cnn"`` or ``"mlp"``).
 
     ``seed`` makes the random initialisation (the heads) reproducible without touching the global
     RNG of the caller."""
@@ -14,8 +14,8 @@ def build_model(spec: dict, seed: int | None = None) -> ReproModel:
 
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    if kind not in ("vgg", "text", "word_cnn"):
-        raise UnknownNameError(f"unknown model kind {kind!r}; use 'vgg', 'text' or 'word_cnn'")
+    if kind not in ("vgg", "text", "word_cnn", "mlp"):
+        raise UnknownNameError(f"unknown model kind {kind!r}; use 'vgg', 'text', 'word_cnn' or 'mlp'")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -23,6 +23,10 @@ def build_model(spec: dict, seed: int | None = None) -> ReproModel:
             from repro.models.vision import VGG
 
             return VGG(**spec)
+        if kind == "mlp":
+            from repro.models.mlp import MLP
+
+            return MLP(**spec)
         if kind == "word_cnn":
             from repro.models.cnn import WordCNN
 
@@ -36,6 +40,12 @@ def vgg(**kwargs) -> ReproModel:
     """Shortcut: ``build_model({"kind": "vgg", **kwargs}, seed=kwargs.pop("seed", None))``."""
     seed = kwargs.pop("seed", None)
     return build_model({"kind": "vgg", **kwargs}, seed=seed)
+
+
+def mlp(**kwargs) -> ReproModel:
+    """Shortcut for the image MLP with optional turn-over layers (:class:`repro.models.mlp.MLP`)."""
+    seed = kwargs.pop("seed", None)
+    return build_model({"kind": "mlp", **kwargs}, seed=seed)
 
 
 def text_classifier(**kwargs) -> ReproModel:
@@ -62,4 +72,4 @@ def word_cnn(train=None, vocab=None, **kwargs) -> ReproModel:
     return build_model({"kind": "word_cnn", "vocab": list(vocab), **kwargs}, seed=seed)
 
 
-__all__ = ["ReproModel", "build_model", "text_classifier", "vgg", "word_cnn"]
+__all__ = ["ReproModel", "build_model", "mlp", "text_classifier", "vgg", "word_cnn"]
