@@ -20,3 +20,21 @@ def brute_grads(model, batch, names, checkpoint=None) -> torch.Tensor:
         gs = torch.autograd.grad(loss, [params[n] for n in names])
         rows.append(torch.cat([g.reshape(-1) for g in gs]))
     return torch.stack(rows)
+
+
+def planted_mislabelled(n: int = 400, shift: int = 3):
+    """400 stratified Fashion-MNIST training images plus one planted example: test image 1 with a
+    wrong label (its label + ``shift`` mod 10) and id 900001. Returns ``(train, target, wrong)``,
+    ``target`` being that test image with its true label."""
+    import dataclasses
+
+    import numpy as np
+
+    from repro.data import concat_datasets, load
+
+    train = load("fashion_mnist", n=n, seed=0, stratify=True)
+    test = load("fashion_mnist", "test", n=50, seed=0)
+    target = test.subset([1])
+    wrong = (target.labels + shift) % 10
+    plant = dataclasses.replace(target, ids=np.array([900_001]), labels=wrong, split="train")
+    return concat_datasets([train, plant]), target, wrong

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from repro.data import concat_datasets, load
+from repro.data import load
 from repro.errors import InvalidParameterError
 from repro.influence.turnover import TurnOverInfluence
 from repro.models import build_model, mlp
 from repro.models.turnover import turnover_layers
 from repro.multitrain import masked_fit, unstack, weight_matrix
 from repro.train import TrainConfig, Trainer
+
+from brute import planted_mislabelled
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,12 +64,7 @@ def test_bad_turnover_options_are_named():
 
 @pytest.fixture(scope="module")
 def planted():
-    train = load("fashion_mnist", n=400, seed=0, stratify=True)
-    test = load("fashion_mnist", "test", n=50, seed=0)
-    target = test.subset([1])
-    wrong = (target.labels + 3) % 10
-    plant = dataclasses.replace(target, ids=np.array([900_001]), labels=wrong, split="train")
-    return concat_datasets([train, plant]), target, wrong
+    return planted_mislabelled()
 
 
 def test_head_path_equals_forward_path_with_one_layer(planted):

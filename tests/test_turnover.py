@@ -8,23 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from repro.data import concat_datasets, flip_labels, load
+from repro.data import flip_labels, load
 from repro.errors import ReproError
 from repro.influence.turnover import TurnOverInfluence
 from repro.models import vgg
 from repro.models.turnover import TurnOverDropout
 from repro.train import TrainConfig, Trainer
 
+from brute import planted_mislabelled
+
 
 @pytest.fixture(scope="module")
 def planted():
     """A VGG trained on 400 Fashion-MNIST images plus one planted test image with a wrong label."""
-    train = load("fashion_mnist", n=400, seed=0, stratify=True)
-    test = load("fashion_mnist", "test", n=50, seed=0)
-    target = test.subset([1])
-    wrong_label = (target.labels + 3) % 10
-    plant = dataclasses.replace(target, ids=np.array([900_001]), labels=wrong_label, split="train")
-    tr = concat_datasets([train, plant])
+    tr, target, wrong_label = planted_mislabelled()
     model = vgg(num_classes=10, width=0.25, seed=0, turnover={"p": 0.5, "seed": 7})
     Trainer(model, TrainConfig(epochs=8, lr=0.05, batch_size=32, progress=False)).fit(tr)
     return model, tr, target, wrong_label
