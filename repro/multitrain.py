@@ -12,8 +12,9 @@ Because all copies see the same token inputs, ``M`` copies are trained together:
 stacked along a leading model axis and the model's own ``forward`` runs under ``torch.func.vmap``
 (``functional_call``), so one forward/backward serves all ``M`` models; their losses are summed, and
 since the copies share no parameter, each slice of the stacked gradient is that copy's own gradient.
-SGD with momentum is elementwise, so every copy follows exactly the trajectory it would follow alone
-(up to floating-point summation order). :func:`masked_fit` is checked against
+SGD with momentum and AdamW (decoupled weight decay, per-copy step counts for the bias corrections)
+are elementwise, so every copy follows exactly the trajectory it would follow alone (up to
+floating-point summation order). :func:`masked_fit` is checked against
 :meth:`repro.train.Trainer.fit` with ``masked_ids`` (and against dropping the examples) in the tests.
 
 Like the Trainer, the training forward passes get the mini-batch's example ``ids`` when the model's
@@ -21,7 +22,7 @@ Like the Trainer, the training forward passes get the mini-batch's example ``ids
 a pure function of the ids, shared by all copies); prediction (:func:`stacked_predict`) passes no
 ids, so turn-over layers are the identity there, as in :func:`repro.train.predict`.
 
-Restrictions (named errors otherwise): ``optimizer="sgd"``, no ``max_grad_norm``, no AMP, a
+Restrictions (named errors otherwise): ``optimizer="sgd"`` or ``"adamw"``, no ``max_grad_norm``, no AMP, a
 model without randomness in training mode (no active dropout), and no BatchNorm running statistics
 (they are buffers shared by the copies).
 """
@@ -70,9 +71,13 @@ def _takes_ids(model: nn.Module) -> bool:
     return "ids" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+# torch.optim.AdamW's defaults, as used by repro.train.Trainer
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
 def _check(model: nn.Module, cfg: TrainConfig):
-    if cfg.optimizer != "sgd":
-        raise ReproError(f"masked_fit supports optimizer='sgd' only (got {cfg.optimizer!r}); train one "
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ReproError(f"masked_fit supports optimizer='sgd' or 'adamw' (got {cfg.optimizer!r}); train one "
                          "model at a time with Trainer.fit(masked_ids=...) for other optimizers")
     if cfg.max_grad_norm:
         raise ReproError("masked_fit does not clip gradients (max_grad_norm); use Trainer.fit per model")
@@ -111,8 +116,10 @@ def masked_fit(model: nn.Module, config: TrainConfig, train: Batch, weights: tor
               for n, p in model.named_parameters() if n in names}
     frozen = {n: p.detach() for n, p in model.named_parameters() if n not in names}
     buffers = {n: b for n, b in model.named_buffers()}
-    bufs = {n: torch.zeros_like(p) for n, p in params.items()}
+    bufs = {n: torch.zeros_like(p) for n, p in params.items()}  # SGD momentum / Adam first moment
+    sq = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.optimizer == "adamw" else {}
     started = torch.zeros(M, dtype=torch.bool, device=device)
+    steps = torch.zeros(M, dtype=torch.float64, device=device)  # optimizer steps taken per copy
 
     takes_ids = _takes_ids(model)
 
@@ -144,6 +151,11 @@ def masked_fit(model: nn.Module, config: TrainConfig, train: Batch, weights: tor
             if not torch.isfinite(loss):
                 raise ReproError(f"non-finite loss at epoch {epoch}; lower the learning rate ({cfg.lr:g})")
             grads = torch.autograd.grad(loss, list(params.values()))
+            if cfg.optimizer == "adamw":
+                steps += active.to(steps.dtype)
+                _adamw_step(params, grads, bufs, sq, steps, active, lr, cfg.weight_decay)
+                started |= active
+                continue
             with torch.no_grad():
                 for (n, p), gr in zip(params.items(), grads):
                     shape = (M,) + (1,) * (p.dim() - 1)
@@ -162,6 +174,27 @@ def masked_fit(model: nn.Module, config: TrainConfig, train: Batch, weights: tor
     bar.close()
     model.eval()
     return {n: p.detach() for n, p in params.items()}
+
+
+@torch.no_grad()
+def _adamw_step(params, grads, exp_avg, exp_avg_sq, steps, active, lr: float, weight_decay: float):
+    """One torch.optim.AdamW step (default betas, eps; no amsgrad) for every active copy: decoupled
+    weight decay ``p *= 1 - lr wd``, moments, bias corrections from each copy's own step count (a
+    copy whose whole mini-batch is deleted takes no step, as in Trainer.fit)."""
+    b1, b2 = ADAM_BETAS
+    t = steps.clamp_min(1)
+    bc1 = (1 - b1 ** t).float()
+    bc2_sqrt = (1 - b2 ** t).sqrt().float()
+    for (n, p), g in zip(params.items(), grads):
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        act = active.view(shape)
+        m = torch.where(act, exp_avg[n].lerp(g, 1 - b1), exp_avg[n])
+        v = torch.where(act, exp_avg_sq[n] * b2 + (1 - b2) * g * g, exp_avg_sq[n])
+        exp_avg[n], exp_avg_sq[n] = m, v
+        new = p * (1 - lr * weight_decay) if weight_decay else p.clone()
+        denom = v.sqrt() / bc2_sqrt.view(shape) + ADAM_EPS
+        new = new - (lr / bc1.view(shape)) * m / denom
+        p.copy_(torch.where(act, new, p))
 
 
 def unstack(model: nn.Module, stacked: dict[str, torch.Tensor], m: int) -> nn.Module:

@@ -280,6 +280,14 @@ def test_cancellation_ratio_formula_by_hand():
     # norms 5 + 3 = 8, sum (0, 4): ratio 2
     assert cancellation_ratio_from_grads(torch.tensor([[3.0, 4.0], [-3.0, 0.0]])) == pytest.approx(2.0)
     assert cancellation_ratio_from_grads(torch.tensor([[1.0, 2.0], [-1.0, -2.0]])) == float("inf")
+    # decomposition: ratio = orthogonal part x beyond-orthogonal part
+    ortho = cancellation_ratio_from_grads(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), parts=True)
+    assert ortho["orthogonal_ratio"] == pytest.approx(2 ** 0.5) and ortho["beyond_orthogonal"] == pytest.approx(1.0)
+    d = cancellation_ratio_from_grads(torch.tensor([[3.0, 4.0], [-3.0, 0.0]]), parts=True)
+    assert d["ratio"] == pytest.approx(2.0) and d["sum_of_norms"] == pytest.approx(8.0)
+    assert d["norm_of_sum"] == pytest.approx(4.0) and d["orthogonal_ratio"] == pytest.approx(8 / 34 ** 0.5)
+    assert d["orthogonal_ratio"] * d["beyond_orthogonal"] == pytest.approx(d["ratio"])
+    assert cancellation_ratio_from_grads(torch.tensor([[3.0, 4.0], [6.0, 8.0]]), parts=True)["beyond_orthogonal"] < 1
 
 
 def test_cancellation_ratio_of_blocks(run):
@@ -292,13 +300,19 @@ def test_cancellation_ratio_of_blocks(run):
     emb = cancellation_ratio(m, batch, "embeddings")
     m.eval()
     w = m.word_embeddings.weight
-    norms, total = 0.0, torch.zeros_like(w, dtype=torch.float64)
+    norms, sq, total = 0.0, 0.0, torch.zeros_like(w, dtype=torch.float64)
     for i in range(len(batch)):
         ex = batch[i]
         (g,) = torch.autograd.grad(F.cross_entropy(m(**ex.inputs), ex.labels), [w])
         norms += float(g.double().norm())
+        sq += float(g.double().norm()) ** 2
         total += g.double()
     assert emb == pytest.approx(norms / float(total.norm()), rel=1e-4)
+    parts = cancellation_ratio(m, batch, "embeddings", parts=True)
+    assert parts["ratio"] == pytest.approx(emb, rel=1e-9)
+    assert parts["norm_of_sum"] == pytest.approx(float(total.norm()), rel=1e-4)
+    assert parts["orthogonal_ratio"] == pytest.approx(norms / sq ** 0.5, rel=1e-4)
+    assert parts["orthogonal_ratio"] * parts["beyond_orthogonal"] == pytest.approx(emb, rel=1e-9)
     assert emb >= 1.0 and last >= 1.0
     assert cancellation_ratio(m, batch, [EMB]) == pytest.approx(emb, rel=1e-6)
     assert cancellation_ratio(m, batch, "embeddings", exclude_special=True) != pytest.approx(emb, rel=1e-6)

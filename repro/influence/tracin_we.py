@@ -36,6 +36,8 @@ with the largest L2 norm (after the exclusions above), on the train and the test
 """
 from __future__ import annotations
 
+import math
+
 import copy
 import numbers
 from dataclasses import dataclass
@@ -506,13 +508,28 @@ class TracInWE:
 
 
 # ---------------------------------------------------------------------------- cancellation
-def cancellation_ratio_from_grads(grads: torch.Tensor) -> float:
+def _ratio_parts(sum_norms: float, sum_sq: float, norm_of_sum: float, parts: bool):
+    ratio = sum_norms / norm_of_sum if norm_of_sum > 0 else float("inf")
+    if not parts:
+        return ratio
+    root = math.sqrt(sum_sq)
+    return {"ratio": ratio, "sum_of_norms": sum_norms, "norm_of_sum": norm_of_sum,
+            "orthogonal_ratio": sum_norms / root if root > 0 else float("nan"),
+            "beyond_orthogonal": root / norm_of_sum if norm_of_sum > 0 else float("inf")}
+
+
+def cancellation_ratio_from_grads(grads: torch.Tensor, parts: bool = False):
     """``sum_i ||g_i|| / ||sum_i g_i||`` for per-example gradient rows ``(n, d)``: 1 when all rows
-    point the same way, larger when they cancel (``inf`` when the sum is exactly zero)."""
+    point the same way, larger when they cancel (``inf`` when the sum is exactly zero).
+
+    ``parts=True`` returns a dict that splits the ratio into ``orthogonal_ratio`` =
+    ``sum_i ||g_i|| / sqrt(sum_i ||g_i||^2)`` (the ratio mutually orthogonal gradients of these norms
+    would give: it grows with the number of comparable examples without any cancellation) times
+    ``beyond_orthogonal`` = ``sqrt(sum_i ||g_i||^2) / ||sum_i g_i||`` (> 1 when the gradients point
+    against each other on balance, < 1 when they agree), plus the sums."""
     grads = grads.double()
-    num = float(grads.norm(dim=1).sum())
-    den = float(grads.sum(0).norm())
-    return num / den if den > 0 else float("inf")
+    norms = grads.norm(dim=1)
+    return _ratio_parts(float(norms.sum()), float(norms.pow(2).sum()), float(grads.sum(0).norm()), parts)
 
 
 def _is_embedding_block(model, names: list[str]) -> bool:
@@ -522,7 +539,7 @@ def _is_embedding_block(model, names: list[str]) -> bool:
 
 
 def cancellation_ratio(model, batch, params="last", target=None, exclude_special=False,
-                       batch_size: int = 32, device=None) -> float:
+                       batch_size: int = 32, device=None, parts: bool = False):
     """Cancellation ratio ``sum_i ||g_i|| / ||sum_i g_i||`` of a parameter block over the examples of
     ``batch`` at the model's current weights (Yeh et al. 2022: larger = more cancellation; they find
     it larger for the last layer than for the word embeddings).
@@ -531,15 +548,16 @@ def cancellation_ratio(model, batch, params="last", target=None, exclude_special
     gradients are the sparse token rows (``||g_i||^2`` = sum of its squared row norms, ``sum_i g_i``
     by scatter-summing rows per token; ``exclude_special`` as in :class:`TracInWE`, default: all
     tokens, i.e. the true block gradient); other blocks use
-    :func:`repro.influence.grads.per_example_grads`."""
+    :func:`repro.influence.grads.per_example_grads`. ``parts=True``: the decomposition of
+    :func:`cancellation_ratio_from_grads` (how much of the ratio mere orthogonality explains)."""
     batch = as_batch(model, batch)
     names = param_names(model, params)
     if not _is_embedding_block(model, names):
-        return cancellation_ratio_from_grads(per_example_grads(model, batch, names, target=target, device=device))
+        return cancellation_ratio_from_grads(per_example_grads(model, batch, names, target=target, device=device),
+                                             parts=parts)
     tg = token_grads(model, batch, target=target, exclude_special=exclude_special, batch_size=batch_size,
                      device=device)
-    num = float(tg.sq_norms().double().sqrt().sum())
+    sq = tg.sq_norms().double()
     uniq, inverse = torch.unique(tg.tok, return_inverse=True)
     summed = torch.zeros(len(uniq), tg.rows.shape[1], dtype=torch.float64).index_add_(0, inverse, tg.rows.double())
-    den = float(summed.norm())
-    return num / den if den > 0 else float("inf")
+    return _ratio_parts(float(sq.sqrt().sum()), float(sq.sum()), float(summed.norm()), parts)
