@@ -42,6 +42,7 @@ results_dir = None
 
 # %%
 import copy
+import dataclasses
 import os
 import time
 
@@ -56,6 +57,7 @@ from repro.claims import at_least, ci_above, claim, claims_frame
 from repro.data import load
 from repro.experiments import deletion
 from repro.experiments.common import start
+from repro.experiments.masked import perturb_parameters
 from repro.influence import TracInWE, cancellation_ratio
 from repro.models import text_classifier, word_cnn
 from repro.models.cnn import build_vocab
@@ -227,6 +229,32 @@ out.table("deletion_runs", dele.assign(deleted_ids=dele.deleted_ids.map(lambda x
 retrain_stats = pd.DataFrame(retrain_stats)
 out.table("retrain_speed", retrain_stats)
 retrain_stats
+
+# %% [markdown]
+# ### The noise floor of a retraining
+# How far does p(label) move when nothing is deleted but the initial weights are perturbed by
+# 1e-7 · N(0, 1) (the size of a rounding difference)? If training amplifies such differences, any
+# deletion moves p(label) at least this much for reasons unrelated to the deleted examples' content;
+# the `random` method measures the same floor with real deletions.
+
+# %%
+floor_rows = []
+for t, s in tasks.items():
+    g = dele[dele.task == t].groupby(["seed", "test_id"]).p_before.first()
+    for seed in p["seeds"]:
+        m = perturb_parameters(s["retrain"].build(seed), 1e-7, seed=1000 + seed)
+        Trainer(m, dataclasses.replace(s["retrain"].config, seed=int(seed))).fit(s["train_b"])
+        p1 = deletion._label_probs(m, s["tests_b"])
+        p0 = g.loc[seed].reindex(s["tests_b"].ids.numpy()).to_numpy()
+        floor_rows.append({"task": t, "seed": seed, "mean_abs_dp": float(np.abs(p1 - p0).mean()),
+                           "max_abs_dp": float(np.abs(p1 - p0).max()),
+                           "mean_abs_dlogodds": float(np.abs(deletion.logodds(p1) - deletion.logodds(p0)).mean())})
+    rnd = dele[(dele.task == t) & (dele.method == "random")]
+    floor_rows.append({"task": t, "seed": "random deletion (all k, seeds)", "mean_abs_dp": float(rnd.delta.abs().mean()),
+                       "max_abs_dp": float(rnd.delta.abs().max()), "mean_abs_dlogodds": float(rnd.dlogodds.abs().mean())})
+noise_floor = pd.DataFrame(floor_rows)
+out.table("noise_floor", noise_floor)
+noise_floor
 
 # %% [markdown]
 # ## DEL− / DEL+ with 95% CIs, excess over random, TracIn-WE's paired advantage
@@ -412,6 +440,8 @@ metrics = {
     "headline": headline,
     "cancellation": {r.task: {"last": r._2, "embeddings": r._3} for r in canc.itertuples()},
     "identical_methods": identical,
+    "noise_floor_mean_abs_dp": {t: float(noise_floor[(noise_floor.task == t) & (noise_floor.seed.map(lambda x: isinstance(x, int)))]
+                                     .mean_abs_dp.mean()) for t in tasks},
     "notebook_seconds": time.perf_counter() - t_start,
 }
 out.finish(metrics, claims=claims,

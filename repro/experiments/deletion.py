@@ -231,6 +231,7 @@ def make_retrain(init, config: TrainConfig, init_seed: int | None = None, deleti
 
     retrain.config = base_cfg  # type: ignore[attr-defined]
     retrain.deletion = deletion  # type: ignore[attr-defined]
+    retrain.build = build  # type: ignore[attr-defined]  # seed -> the untrained start of that seed's runs
     return retrain
 
 
