@@ -102,7 +102,7 @@ def subset_runs(make_model: ModelFactory, train, targets, config: TrainConfig, n
     """Train ``n_subsets`` masked copies of the reference run (``make_model(seed)``, mini-batch
     order of ``seed``), each on a random ``alpha``-subset (generator ``subset_seed``), and measure
     them on the targets. Many copies train at once when :mod:`repro.multitrain` supports the model
-    and ``config`` (plain SGD, no random dropout); otherwise one by one with the Trainer."""
+    and ``config`` (SGD or AdamW, no clipping, no random dropout); otherwise one by one with the Trainer."""
     if measure not in MEASURES:
         raise InvalidParameterError(f"measure must be one of {MEASURES}, got {measure!r}")
     probe = make_model(seed)

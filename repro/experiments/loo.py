@@ -47,7 +47,7 @@ from repro.experiments.masked import ModelFactory, encode, masked_outputs
 from repro.train import TrainConfig
 
 __all__ = ["LOOResult", "Agreement", "random_removals", "fixed_order_loo", "score_columns", "agreement",
-           "noise_ceiling", "correlation_rows"]
+           "noise_ceiling", "correlation_rows", "combined_agreement"]
 
 
 @dataclass
@@ -114,7 +114,7 @@ def fixed_order_loo(make_model: ModelFactory, train, targets, config: TrainConfi
 
     Trains the reference run (``make_model(seed)``, mini-batch order of ``seed``) and one masked run
     per removed id (see module doc), many at once when :mod:`repro.multitrain` supports the model
-    and ``config`` (plain SGD, no random dropout), else one by one with ``Trainer.fit(masked_ids)``.
+    and ``config`` (SGD or AdamW, no clipping, no random dropout), else one by one with ``Trainer.fit(masked_ids)``.
     ``perturb > 0`` adds ``perturb * N(0, 1)`` (generator ``perturb_seed``) to the initial weights
     of every run, reference included (for :func:`noise_ceiling`)."""
     removed = np.asarray(removed_ids, dtype=np.int64).reshape(-1)
@@ -224,3 +224,36 @@ def noise_ceiling(first: LOOResult, second: LOOResult, n_resamples: int = 2000, 
     if first.measure != second.measure:
         raise ConfigMismatchError(f"the runs measured {first.measure!r} and {second.measure!r}; use one measure")
     return agreement(second.effects, first, n_resamples=n_resamples, seed=seed)
+
+
+def combined_agreement(pairs, statistic: str = "spearman", n_resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, list[float], np.ndarray]:
+    """Agreement over several leave-one-out measurements on the same targets (e.g. one per training
+    seed, each with its own reference model and scores): ``pairs`` = ``[(scores, loo), ...]`` or
+    ``[(scores, loo, train_ids), ...]``. Each target's correlation is averaged over the
+    measurements, then over targets; the 95% CI redraws the targets (shared) and every measurement's
+    removals (its own) in each replicate, as :func:`repro.experiments.lds.combine_lds` does.
+
+    Returns ``(mean, [lo, hi], per_target)``."""
+    if statistic not in ("spearman", "pearson"):
+        raise InvalidParameterError(f"statistic must be 'spearman' or 'pearson', got {statistic!r}")
+    mats = []
+    for pair in pairs:
+        sc, loo = pair[0], pair[1]
+        ids = pair[2] if len(pair) > 2 else None
+        mats.append((score_columns(sc, loo, ids), loo.effects, loo.target_ids))
+    if not mats:
+        raise InvalidParameterError("combined_agreement needs at least one (scores, loo) pair")
+    if any(not np.array_equal(m[2], mats[0][2]) for m in mats):
+        raise ConfigMismatchError("the leave-one-out runs measured different targets; use the same targets")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_target = np.nanmean(np.stack([rowwise_corr(s_, e, statistic) for s_, e, _ in mats]), axis=0)
+
+        def stat(rows, cols):
+            vals = [rowwise_corr(s_[rows][:, c], e[rows][:, c], statistic) for (s_, e, _), c in zip(mats, cols)]
+            return np.nanmean(np.nanmean(np.stack(vals), axis=0))
+
+    ci = two_way_ci(stat, len(per_target), [m[1].shape[1] for m in mats], n_resamples, seed)
+    mean = float(np.nanmean(per_target)) if np.isfinite(per_target).any() else float("nan")
+    return mean, ci, per_target

@@ -6,9 +6,10 @@ mini-batch order as the reference run, the masked examples weighted 0 in the los
 mini-batch (see :mod:`repro.multitrain`). This module runs such a set of retrainings and measures
 every retrained model on a set of targets:
 
-* with plain SGD and a model without random dropout (turn-over dropout is deterministic per example
-  id, so it qualifies), the copies are trained many at once with :func:`repro.multitrain.masked_fit`;
-* otherwise (AdamW, gradient clipping, AMP, random dropout) each copy is trained on its own with
+* with SGD (momentum, weight decay) or AdamW and a model without random dropout (turn-over dropout is
+  deterministic per example id, so it qualifies), the copies are trained many at once with
+  :func:`repro.multitrain.masked_fit`;
+* otherwise (gradient clipping, AMP, random dropout, BatchNorm) each copy is trained on its own with
   :meth:`repro.train.Trainer.fit` (``masked_ids``), which is the same computation, only slower.
 """
 from __future__ import annotations

@@ -4,13 +4,12 @@
   remove the k most harmful, retrain from scratch, compare test accuracy with no removal and with
   removing k random instances (and k by any other ranking, e.g. :func:`removal_rankings`), over
   several seeds.
-* :func:`loo_agreement` -- compare the estimate with actual leave-one-out retraining on a small set.
 * :func:`explain` -- the most helpful / harmful training instances of given test examples.
 
 Ground truths that measure influence (same initialisation and mini-batch order, only the removed
 examples weighted 0) live in :mod:`repro.experiments.loo` (fixed-order leave-one-out with its noise
-ceiling) and :mod:`repro.experiments.lds` (linear datamodeling score over random subsets); prefer
-them to :func:`loo_agreement`, whose retraining reshuffles every mini-batch.
+ceiling) and :mod:`repro.experiments.lds` (linear datamodeling score over random subsets). (Retraining
+without an example on a fresh shuffle, as an earlier version here did, measures mostly the reshuffle.)
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import pearsonr, spearmanr
 
 from repro.data.core import Dataset
 from repro.errors import InvalidParameterError
@@ -145,46 +143,6 @@ def cleansing_summary(rows: pd.DataFrame) -> pd.DataFrame:
         gain_mean=("gain", "mean"), gain_std=("gain", "std"),
         removed_flipped=("removed_flipped", "mean"), seeds=("seed", "nunique")).reset_index()
     return agg
-
-
-def loo_agreement(make_model: ModelFactory, train: Dataset, targets: Dataset, cfg: TrainConfig,
-                  n_candidates: int, seeds: Sequence[int], show_progress: bool = True) -> pd.DataFrame:
-    """Estimated influence (summed over ``targets``) vs actual leave-one-out retraining.
-
-    For each seed: train a turn-over model, estimate every training instance's influence on the
-    targets' total loss, pick candidates (the most harmful third, the most helpful third, a random
-    third), retrain without each from the same seed and measure the change in the targets' total
-    loss. Actual effect of removing z: ``L(without z) - L(all)``; a helpful z (positive estimate)
-    should have a positive actual effect. Returns one row per (seed, candidate).
-
-    Caveat: the retraining without z draws a new shuffling of the reduced set, so every mini-batch
-    differs from the reference run and "actual" mostly measures the reshuffle, not z. For a ground
-    truth use :func:`repro.experiments.loo.fixed_order_loo` (order and initialisation kept)."""
-    rows = []
-    per = max(1, n_candidates // 3)
-    for seed in seeds:
-        model, _ = train_fresh(make_model, train, cfg, seed)
-        est = TurnOverInfluence(model, show_progress=False).summed(targets, train).numpy()
-        base = evaluate(model, targets)["loss"] * len(targets)
-        order = np.argsort(est)
-        rng = np.random.default_rng(seed)
-        middle = order[per:-per] if len(order) > 2 * per else order
-        chosen = np.unique(np.concatenate([order[:per], order[-per:],
-                                           rng.choice(middle, size=min(per, len(middle)), replace=False)]))
-        for pos in progress(chosen, desc=f"LOO retrains (seed {seed})", disable=not show_progress):
-            m, _ = train_fresh(make_model, train.exclude([train.ids[pos]]), cfg, seed)
-            actual = evaluate(m, targets)["loss"] * len(targets) - base
-            rows.append({"seed": seed, "id": int(train.ids[pos]), "estimated": float(est[pos]), "actual": actual})
-    return pd.DataFrame(rows)
-
-
-def loo_correlations(frame: pd.DataFrame) -> pd.DataFrame:
-    """Pearson and Spearman correlation of estimated vs actual, per seed and pooled."""
-    out = []
-    for seed, g in list(frame.groupby("seed")) + [("pooled", frame)]:
-        out.append({"seed": seed, "n": len(g), "pearson": pearsonr(g.estimated, g.actual)[0],
-                    "spearman": spearmanr(g.estimated, g.actual)[0]})
-    return pd.DataFrame(out)
 
 
 def explain(model, train: Dataset, test: Dataset, k: int = 3) -> list[dict]:
