@@ -340,6 +340,41 @@ def test_scores_self_influence_and_aggregation(mlp_setup):
     assert (si >= 0).all()
 
 
+def smoothed_ce(logits, labels):
+    """A training loss other than plain cross-entropy (label smoothing 0.2), per example."""
+    return F.cross_entropy(logits, labels, reduction="none", label_smoothing=0.2)
+
+
+def test_train_loss_is_used_for_the_training_gradients_too(mlp_setup):
+    """With a label-smoothed training loss, scores = grad test-loss . (H_smooth + lambda I)^-1
+    grad smoothed-loss(z_i): brute-force gradients by autograd, one example at a time; streamed and
+    cached training gradients and self-influence agree, and the result differs from plain CE's."""
+    model, train, test = mlp_setup
+    pts = test[torch.arange(3)]
+    kw = dict(params="all", weight_decay=0.05, solver="exact", damping=0.01, progress=False, device="cpu")
+    inf = InfluenceFunction(model, train, train_loss=smoothed_ce, **kw)
+    params = list(model.parameters())
+
+    def grad(loss):
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).double()
+
+    G = torch.stack([grad(smoothed_ce(model(**train[torch.arange(i, i + 1)].inputs), train.labels[i:i + 1]).sum())
+                     for i in range(len(train))])
+    T = torch.stack([grad(F.cross_entropy(model(**pts[torch.arange(j, j + 1)].inputs), pts.labels[j:j + 1]))
+                     for j in range(len(pts))])
+    H = inf.objective.hessian() + 0.01 * torch.eye(inf.dim, dtype=torch.float64)
+    ref = T @ torch.linalg.solve(H, G.T)
+    s = inf.scores(pts)
+    tol = dict(rtol=1e-4, atol=1e-5 * float(ref.abs().max()))  # the engine's gradients are float32
+    torch.testing.assert_close(s, ref, **tol)
+    streamed = InfluenceFunction(model, train, train_loss=smoothed_ce, cache_train_grads=False, grad_chunk=16, **kw)
+    torch.testing.assert_close(streamed.scores(pts), s, rtol=1e-9, atol=1e-12)
+    si_ref = (G * torch.linalg.solve(H, G.T).T).sum(1)
+    torch.testing.assert_close(inf.self_influence(), si_ref, rtol=1e-4, atol=1e-5 * float(si_ref.abs().max()))
+    plain = InfluenceFunction(model, train, **kw).scores(pts)
+    assert float((plain - s).abs().max()) > 0.05 * float(s.abs().max())
+
+
 def test_lissa_influence_agrees_with_exact(mlp_setup):
     model, train, test = mlp_setup
     pts = test[torch.arange(3)]

@@ -82,7 +82,8 @@ class InfluenceFunction:
         test_target: what is differentiated at the test point (``"loss"`` default, or ``"logit"``,
             ``"prob"``, ``"margin"``...); for higher-is-better targets the score is negated so that
             positive still means "moves the target the good way".
-        train_loss: the per-example training loss of the objective (default cross-entropy).
+        train_loss: the per-example training loss of the objective (default cross-entropy): used for
+            the Hessian and for the training-example gradients.
         grad_chunk: examples per per-example-gradient chunk (default: the engine's budget).
         hvp_batch_size: mini-batch size of full-training-set passes (exact Hessian, CG).
         cg_tol, cg_maxiter: CG stopping rule.
@@ -200,7 +201,7 @@ class InfluenceFunction:
             return self._train_grads
         size_mb = obj.n * obj.dim * 4 / 2**20
         if self.cache_train_grads is True or (self.cache_train_grads == "auto" and size_mb <= self.cache_mb):
-            self._train_grads = self._grads(obj.train)
+            self._train_grads = self._grads(obj.train, self.train_loss)
         return self._train_grads
 
     # ------------------------------------------------------------------ s_test
@@ -255,7 +256,7 @@ class InfluenceFunction:
         step = self.grad_chunk or max(1, min(256, _ROW_BYTES // (4 * obj.dim)))
         for s in _progress(range(0, len(batch), step), total=math.ceil(len(batch) / step),
                            desc="influence: train grads", disable=not self.progress, leave=False):
-            g = self._grads(batch[torch.arange(s, min(len(batch), s + step))])
+            g = self._grads(batch[torch.arange(s, min(len(batch), s + step))], self.train_loss)
             out[:, s:s + len(g)] = (g.to(S.dtype) @ S.T).T
         return self.sign * out
 
@@ -303,7 +304,7 @@ class InfluenceFunction:
         for s in _progress(range(0, len(batch), step), total=math.ceil(len(batch) / step),
                            desc="self-influence", disable=not self.progress, leave=False):
             idx = torch.arange(s, min(len(batch), s + step))
-            g = (G[idx] if G is not None else self._grads(batch[idx])).to(obj.dtype)
+            g = (G[idx] if G is not None else self._grads(batch[idx], self.train_loss)).to(obj.dtype)
             out[s:s + len(g)] = (g * self.solve(g).cpu()).sum(1)
         return out
 
