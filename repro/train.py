@@ -152,6 +152,56 @@ class Checkpoint:
 
 
 @dataclass
+class StateCheckpoint(Checkpoint):
+    """A checkpoint of a model repro did not train: a state dict (in memory) or a weights file
+    (``.safetensors``, or ``.pt`` / ``.pth`` read with ``torch.load(weights_only=True)``) with the
+    learning rate in effect, and no JSON sidecar. Built by :func:`repro.influence.tracin.resolve_checkpoints`
+    from ``[(state_dict or path, lr), ...]``; ``step`` is the position in that list."""
+
+    state: dict | None = None
+
+    def weights(self) -> dict:
+        if self.state is not None:
+            return self.state
+        return load_weights_file(self.path)
+
+    def load_into(self, model):
+        """Load the weights into ``model`` (keys in the module's own spelling; a wrapped model's
+        :meth:`~repro.models.foreign.ForeignModel.load_state` adds the prefix)."""
+        state = self.weights()
+        bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+               and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"checkpoint {self.path} holds NaN or infinite values in {bad[:5]}")
+        if callable(getattr(model, "load_state", None)):
+            model.load_state(state)
+            return model
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {self.path} does not fit the model: missing {list(missing)[:5]}, "
+                                  f"unexpected {list(unexpected)[:5]}")
+        return model
+
+
+def load_weights_file(path) -> dict:
+    """A state dict from ``.safetensors`` (:func:`safetensors.torch.load_file`) or a torch file
+    read with ``weights_only=True`` (never an arbitrary pickle); damaged files raise CheckpointError."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return _load_weights(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file {path} is missing") from None
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"weights file {path} cannot be read safely ({type(e).__name__}: {str(e)[:200]}); "
+                              "save state dicts with torch.save(model.state_dict(), path) or safetensors") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"weights file {path} does not hold a state dict of tensors")
+    return state
+
+
+@dataclass
 class TrainResult:
     run_dir: Path
     history: list[dict]
@@ -358,7 +408,8 @@ class Trainer:
     """
 
     def __init__(self, model: ReproModel, config: TrainConfig | None = None, run_dir: str | Path | None = None):
-        self.model = model
+        from repro.models.foreign import as_model
+        self.model = as_model(model)  # a plain nn.Module is wrapped (see repro.models.foreign)
         self.config = config or TrainConfig()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = resolve_device(self.config.device)
@@ -372,11 +423,13 @@ class Trainer:
         elif isinstance(data, Dataset):
             batch = self.model.encode(data)
         else:
-            raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
+            from repro.data.core import batch_from
+            batch = batch_from(data, getattr(self.model, "input_name", "x"))
         what = "examples given to Trainer.fit"
         check_unique_ids(batch.ids, what)  # ids address examples (removal, turn-over dropout)
         check_finite_inputs(batch.inputs, batch.ids, what)
-        check_label_range(batch.labels, self.model.num_classes, batch.ids, what)
+        if self.model.num_classes is not None:  # None: a wrapped module without a linear head
+            check_label_range(batch.labels, self.model.num_classes, batch.ids, what)
         return batch
 
     def _optimizer(self):
@@ -447,7 +500,8 @@ class Trainer:
             if bool(torch.isin(train.ids, masked).all()):
                 raise EmptyDatasetError("masked_ids covers the whole training set: nothing left to train on")
         eval_batch = self._encode(eval) if eval is not None else None
-        if int(train.labels.max()) >= self.model.num_classes or int(train.labels.min()) < 0:
+        k = self.model.num_classes
+        if int(train.labels.min()) < 0 or (k is not None and int(train.labels.max()) >= k):
             from repro.errors import LabelRangeError
             raise LabelRangeError(f"training labels exceed the head's {self.model.num_classes} classes")
         model = self.model.to(self.device)
@@ -580,9 +634,13 @@ class Trainer:
 # ---------------------------------------------------------------------------- inference helpers
 @torch.no_grad()
 def predict(model: ReproModel, data, batch_size: int = 256, device=None) -> torch.Tensor:
-    """Logits for every example (eval mode, no turn-over masks), on the CPU."""
+    """Logits for every example (eval mode, no turn-over masks), on the CPU. ``model`` may be any
+    classifier ``nn.Module`` and ``data`` ``(inputs, labels)`` tensors (see :func:`as_batch`)."""
+    from repro.influence.grads import as_batch
+    from repro.models.foreign import as_model
     device = resolve_device(device or "auto") if device is None or isinstance(device, str) else device
-    batch = data if isinstance(data, Batch) else model.encode(data)
+    model = as_model(model)
+    batch = as_batch(model, data)
     model = model.to(device).eval()
     out = [model(**mb.to(device).inputs).float().cpu() for mb in batch.batches(batch_size)]
     return torch.cat(out)
@@ -590,7 +648,10 @@ def predict(model: ReproModel, data, batch_size: int = 256, device=None) -> torc
 
 def evaluate(model: ReproModel, data, batch_size: int = 256, device=None) -> dict:
     """Mean cross-entropy loss and accuracy."""
-    batch = data if isinstance(data, Batch) else model.encode(data)
+    from repro.influence.grads import as_batch
+    from repro.models.foreign import as_model
+    model = as_model(model)
+    batch = as_batch(model, data)
     logits = predict(model, batch, batch_size, device)
     loss = F.cross_entropy(logits, batch.labels).item()
     acc = (logits.argmax(1) == batch.labels).float().mean().item()

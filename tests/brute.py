@@ -5,18 +5,38 @@ import torch
 import torch.nn.functional as F
 
 
-def brute_grads(model, batch, names, checkpoint=None) -> torch.Tensor:
+def _examples(data):
+    """``(call, labels)`` per example: a repro Batch (keyword inputs) or raw ``(inputs, labels)``
+    with inputs a tensor (called positionally) or a dict of tensors (keywords)."""
+    if isinstance(data, tuple):
+        inputs, labels = data
+        for i in range(len(labels)):
+            if isinstance(inputs, dict):
+                yield (lambda m, i=i: m(**{k: v[i:i + 1] for k, v in inputs.items()})), labels[i:i + 1]
+            else:
+                yield (lambda m, i=i: m(inputs[i:i + 1])), labels[i:i + 1]
+        return
+    for i in range(len(data)):
+        ex = data[i]
+        yield (lambda m, ex=ex: m(**ex.inputs)), ex.labels
+
+
+def brute_grads(model, data, names, checkpoint=None, state=None) -> torch.Tensor:
     """Flattened per-example cross-entropy gradients w.r.t. the parameters ``names`` (in that order),
-    one autograd call per example, in eval mode; at ``checkpoint`` (loaded into a copy) if given."""
+    one autograd call per example, in eval mode; at ``checkpoint`` / state dict ``state`` (loaded
+    into a copy) if given. ``data``: a repro Batch, or raw ``(inputs, labels)`` for modules repro
+    did not build (outputs with ``.logits`` are unwrapped)."""
     m = copy.deepcopy(model)
     if checkpoint is not None:
         checkpoint.load_into(m)
+    if state is not None:
+        m.load_state_dict(state)
     m.eval()
     params = dict(m.named_parameters())
     rows = []
-    for i in range(len(batch)):
-        ex = batch[i]
-        loss = F.cross_entropy(m(**ex.inputs), ex.labels)
+    for call, labels in _examples(data):
+        out = call(m)
+        loss = F.cross_entropy(getattr(out, "logits", out), labels)
         gs = torch.autograd.grad(loss, [params[n] for n in names])
         rows.append(torch.cat([g.reshape(-1) for g in gs]))
     return torch.stack(rows)

@@ -198,5 +198,7 @@ def test_errors(trained_vgg):
         fif.scores(test[torch.arange(2)], distributed=True)
     with pytest.raises(UnknownNameError):
         fif.neighbours(test[torch.arange(2)], aggregate="max")
+    # a model without a linear layer has no "input of the last layer" to search neighbours in
+    no_linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Conv1d(1, 10, 1), torch.nn.Flatten(1))
     with pytest.raises(ReproError, match="features"):
-        FastIF(torch.nn.Linear(3, 2), params="all", progress=False).features(train)
+        FastIF(no_linear, params="all", progress=False).features(train)

@@ -29,8 +29,8 @@ def planted():
 
 def test_head_path_equals_general_forward_path(planted):
     model, tr, target, _ = planted
-    head = TurnOverInfluence(model, method="head", show_progress=False)
-    full = TurnOverInfluence(model, method="forward", show_progress=False)
+    head = TurnOverInfluence(model, method="head", progress=False)
+    full = TurnOverInfluence(model, method="forward", progress=False)
     sub = tr.subset(slice(0, 40))
     assert torch.allclose(head.scores(target, sub), full.scores(target, sub), atol=1e-4)
     si_head = head.self_influence(sub.subset(slice(0, 8)))
@@ -40,7 +40,7 @@ def test_head_path_equals_general_forward_path(planted):
 
 def test_planted_mislabelled_instance_is_harmful_and_its_label_helpful(planted):
     model, tr, target, wrong_label = planted
-    est = TurnOverInfluence(model, show_progress=False)
+    est = TurnOverInfluence(model, progress=False)
     ids = torch.from_numpy(tr.ids)
     where = ids == 900_001
     true_scores = est.scores(target, tr)[0]  # target with its true label
@@ -49,8 +49,9 @@ def test_planted_mislabelled_instance_is_harmful_and_its_label_helpful(planted):
     # rank: among the most harmful for the true label, the most helpful for the planted label
     assert (true_scores < true_scores[where]).sum().item() <= 0.05 * len(tr)
     assert (wrong_scores > wrong_scores[where]).sum().item() <= 0.01 * len(tr)
-    top = est.top_k(target, tr, k=20)
-    assert 900_001 in top["opponents"][0].tolist()
+    top = est.fit(tr).top_k(target, k=20)
+    assert 900_001 in top.opponents[0].tolist()
+    assert torch.equal(est.scores(target), true_scores[None])  # fitted ids = the explicit ones
 
 
 def test_self_influence_finds_flipped_labels():
@@ -58,7 +59,7 @@ def test_self_influence_finds_flipped_labels():
     noisy, flipped = flip_labels(train, 0.1, seed=0)
     model = vgg(num_classes=10, width=0.25, seed=0, turnover={"p": 0.5, "seed": 3})
     Trainer(model, TrainConfig(epochs=8, lr=0.05, batch_size=32, progress=False)).fit(noisy)
-    si = TurnOverInfluence(model, show_progress=False).self_influence(noisy).numpy()
+    si = TurnOverInfluence(model, progress=False).self_influence(noisy).numpy()
     is_flip = np.isin(noisy.ids, flipped)
     from sklearn.metrics import roc_auc_score
     auc = roc_auc_score(is_flip, si)

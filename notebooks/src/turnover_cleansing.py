@@ -150,7 +150,7 @@ def mlp_factory(layers, turnover=True):
 def estimator_scores(model, run_dir, train, targets):
     """Every estimator's (n_targets, n_train) scores, positive = helpful, columns = train.ids."""
     return {
-        "turn-over": TurnOverInfluence(model, show_progress=False).scores(targets, train).numpy(),
+        "turn-over": TurnOverInfluence(model, progress=False).scores(targets, train).numpy(),
         "TracInCP last layer": TracInCP(model, list_checkpoints(run_dir), params="last", progress=False)
         .fit(train).scores(targets).numpy(),
         "influence function (last layer)": LastLayerInfluence(model, train, damping=1e-3, device="cpu")

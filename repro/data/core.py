@@ -244,3 +244,75 @@ def concat_datasets(parts: Sequence[Dataset]) -> Dataset:
     if len(np.unique(fields["ids"])) != len(fields["ids"]):
         raise ValueError("concatenated datasets share ids; ids must be unique")
     return dataclasses.replace(first, **fields)
+
+
+def _pad_cat(parts: list[torch.Tensor], key: str) -> torch.Tensor:
+    """Concatenate along the example dimension; 2-D+ integer tensors of different widths (token ids,
+    attention masks from per-batch padding) are right-padded with 0 to the widest."""
+    widths = {p.shape[1:] for p in parts}
+    if len(widths) == 1:
+        return torch.cat(parts)
+    if any(p.dim() < 2 or p.is_floating_point() for p in parts) or len({p.shape[2:] for p in parts}) > 1:
+        raise ValueError(f"input {key!r} has shapes {sorted(tuple(w) for w in widths)} across batches; "
+                         "only integer token tensors can be padded to a common width")
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, width - p.shape[1]))
+                      for p in parts])
+
+
+def batch_from(data, input_name: str = "x") -> Batch:
+    """A :class:`Batch` from plain tensors, for models repro did not build.
+
+    Accepts ``(inputs, labels)`` or ``(inputs, labels, ids)``, where ``inputs`` is a tensor (stored
+    under ``input_name`` and passed positionally) or a dict of tensors (keyword arguments, e.g. a
+    tokenizer's output), ``labels`` integer class labels and ``ids`` unique integers (default: the
+    positions ``0..n-1``); or an iterable of such tuples (a ``DataLoader`` in a fixed order:
+    ``shuffle=False``), which is concatenated, ids continuing across batches. Token tensors padded
+    per batch are right-padded with 0 to the widest batch.
+    """
+    if isinstance(data, Batch):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], (tuple, list)):
+        parts = [data]
+    else:
+        try:
+            parts = list(data)
+        except TypeError:
+            raise TypeError(f"expected (inputs, labels), (inputs, labels, ids), a DataLoader of them, a "
+                            f"repro Dataset or a Batch; got {type(data).__name__}") from None
+        if not parts:
+            raise EmptyDatasetError("the data loader yielded no batches")
+    inputs: dict[str, list] = {}
+    labels, ids = [], []
+    for part in parts:
+        if not isinstance(part, (tuple, list)) or len(part) not in (2, 3):
+            raise TypeError("each batch must be (inputs, labels) or (inputs, labels, ids), got "
+                            f"{type(part).__name__}" + (f" of length {len(part)}" if hasattr(part, "__len__") else ""))
+        x, y = part[0], part[1]
+        x = {input_name: x} if isinstance(x, torch.Tensor) else x
+        if not hasattr(x, "items") or not all(isinstance(v, torch.Tensor) for v in x.values()):
+            raise TypeError(f"inputs must be a tensor or a dict of tensors, got {type(part[0]).__name__}")
+        y = torch.as_tensor(y)
+        if y.is_floating_point() or y.dim() != 1:
+            raise TypeError(f"labels must be a 1-D integer tensor of class indices, got dtype {y.dtype} "
+                            f"and shape {tuple(y.shape)}")
+        if set(inputs) and set(x) != set(inputs):
+            raise ValueError(f"batches have different input keys: {sorted(inputs)} vs {sorted(x)}")
+        for k, v in x.items():
+            if v.shape[0] != len(y):
+                raise ValueError(f"input {k!r} has {v.shape[0]} rows but there are {len(y)} labels")
+            inputs.setdefault(k, []).append(v)
+        labels.append(y.long())
+        ids.append(torch.as_tensor(part[2]).long().reshape(-1) if len(part) == 3 else None)
+    n = sum(len(y) for y in labels)
+    if n == 0:
+        raise EmptyDatasetError("no examples in the data")
+    if all(i is None for i in ids):
+        id_t = torch.arange(n)
+    elif any(i is None for i in ids):
+        raise ValueError("some batches carry ids and others do not")
+    else:
+        id_t = torch.cat(ids)
+    from repro.checks import check_unique_ids
+    check_unique_ids(id_t, "examples")
+    return Batch({k: _pad_cat(v, k) for k, v in inputs.items()}, torch.cat(labels), id_t)

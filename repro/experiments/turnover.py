@@ -68,7 +68,7 @@ def cleansing(make_model: ModelFactory, train: Dataset, val: Dataset, test: Data
     and how many removed instances were injected label flips (``flipped_ids``)."""
     extra = _check_rankings(rankings, train, ks)
     model, _ = train_fresh(make_model, train, cfg, influence_seed)
-    summed = TurnOverInfluence(model, show_progress=False).summed(val, train).numpy()
+    summed = TurnOverInfluence(model, progress=False).summed(val, train).numpy()
     harmful_order = train.ids[np.argsort(summed)]  # most negative first
     flipped = set(np.asarray(flipped_ids if flipped_ids is not None else [], dtype=np.int64).tolist())
     rows = []
@@ -113,7 +113,7 @@ def removal_rankings(model, train: Dataset, checkpoints=None,
 
     import torch.nn.functional as F
 
-    scores = {"turn-over self-influence": TurnOverInfluence(model, show_progress=False).self_influence(train).numpy()}
+    scores = {"turn-over self-influence": TurnOverInfluence(model, progress=False).self_influence(train).numpy()}
     if checkpoints is not None:
         tr = TracInCP(model, checkpoints, params=tracin_params, progress=False).fit(train)
         scores["tracin self-influence"] = tr.self_influence().numpy()
@@ -152,7 +152,7 @@ def explain(model, train: Dataset, test: Dataset, k: int = 3) -> list[dict]:
     the wrong predicted class when the prediction is wrong."""
     from repro.train import predict
 
-    est = TurnOverInfluence(model, show_progress=False)
+    est = TurnOverInfluence(model, progress=False)
     scores = est.scores(test, train).numpy()
     preds = predict(model, test).argmax(1).numpy()
     out = []

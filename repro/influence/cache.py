@@ -112,12 +112,6 @@ class GradientCache:
     def chunk_path(self, i: int) -> Path:
         return self.folder / f"chunk-{i:06d}.safetensors"
 
-    def complete_chunks(self) -> list[int]:
-        return [i for i in range(self.n_chunks) if self.chunk_path(i).exists()]
-
-    def is_complete(self) -> bool:
-        return len(self.complete_chunks()) == self.n_chunks
-
     def load(self, i: int, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor] | None:
         """Tensors of chunk ``i`` (without ``ids``), or None when the chunk is missing, unreadable
         or holds other ids than ``ids``."""

@@ -230,9 +230,10 @@ class FastIF:
     """Influence functions restricted to the ``k`` nearest training examples (FastIF).
 
     Args:
-        model: a :class:`repro.models.ReproModel` (copied). The parallel mode rebuilds it in each
-            worker from ``model.spec`` + its state dict (other modules are pickled whole).
-        train: training data (Dataset or Batch); fitted right away when given.
+        model: a :class:`repro.models.ReproModel` or any classifier ``nn.Module`` (copied; see
+            :func:`repro.models.foreign.as_model`). The parallel mode ships the model itself to
+            each worker (pickled), so any module works there too.
+        train: training data (Dataset, Batch, or (inputs, labels) tensors); fitted right away when given.
         k: candidates per query (FastIF: 1,000 of 390k; also 10,000).
         params, weight_decay, test_target, train_loss, grad_chunk, method, device: as for
             :class:`repro.influence.ifunc.InfluenceFunction`.
@@ -368,7 +369,7 @@ class FastIF:
         """Influence of the kNN candidates of each test point (package sign: positive = helpful).
 
         Args:
-            test: test points (Dataset or Batch).
+            test: test points (Dataset, Batch, or (inputs, labels) tensors).
             k: candidates per query (default: ``self.k``).
             aggregate: ``"mean"``: one query from the mean feature and the mean test gradient.
             s_test: precomputed ``s_test`` rows (skips LiSSA; sequential only).
@@ -458,15 +459,11 @@ class FastIF:
             "repetitions": total, "per_rank_s": per_rank}
 
     def _payload(self) -> dict:
-        """What a spawned worker needs: the model (spec + CPU state dict when it has a spec), the
-        training batch and the estimator settings."""
-        model = self.model
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        if getattr(model, "spec", None) is not None:
-            model_part = ("spec", dict(model.spec), state)
-        else:
-            import copy
-            model_part = ("module", copy.deepcopy(model).cpu(), None)
+        """What a spawned worker needs: the model (a CPU copy), the training batch and the
+        estimator settings."""
+        import copy
+        # the model itself (any module, repro's or not), never rebuilt from a spec
+        model_part = ("module", copy.deepcopy(self.model).cpu(), None)
         train = self.train
         return {"model": model_part, "train": train.to("cpu"), "kwargs": self._worker_kwargs}
 
@@ -501,14 +498,7 @@ def _free_port() -> int:
 
 
 def _rebuild_model(part):
-    kind, obj, state = part
-    if kind == "spec":
-        from repro.models import build_model
-
-        model = build_model(obj)
-        model.load_state_dict(state)
-        return model
-    return obj
+    return part[1]
 
 
 def _fastif_worker(rank: int, world: int, port: int, backend: str, payload: dict, batch: Batch,

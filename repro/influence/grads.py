@@ -51,6 +51,8 @@ from torch import nn
 from repro.checks import check_batch, check_unique_ids
 from repro.data.core import Batch, Dataset
 from repro.errors import EmptyDatasetError, UnknownNameError
+from repro.data.core import batch_from
+from repro.models.foreign import as_model
 from repro.utils import progress as _progress
 from repro.utils import resolve_device
 
@@ -187,15 +189,19 @@ def unflatten(vec: torch.Tensor, model, params="all") -> dict[str, torch.Tensor]
 
 
 def as_batch(model, data, what: str = "examples") -> Batch:
-    """A :class:`Batch` from a Dataset (``model.encode``) or a Batch (unchanged), checked: NaN or
-    infinite inputs raise :class:`repro.errors.NonFiniteInputError` and labels outside the model's
-    classes :class:`repro.errors.LabelRangeError`, both naming the example ids."""
+    """A :class:`Batch` from a Dataset (``model.encode``), a Batch (unchanged), or plain tensors
+    (``(inputs, labels[, ids])`` or a DataLoader of them, see :func:`repro.data.core.batch_from`),
+    checked: NaN or infinite inputs raise :class:`repro.errors.NonFiniteInputError` and labels
+    outside the model's classes :class:`repro.errors.LabelRangeError`, both naming the example ids."""
     if isinstance(data, Batch):
         batch = data
     elif isinstance(data, Dataset):
+        if not callable(getattr(model, "encode", None)):
+            raise TypeError(f"{type(model).__name__} cannot encode a repro {type(data).__name__}; pass "
+                            "(inputs, labels) tensors or a DataLoader yielding them")
         batch = model.encode(data)
     else:
-        raise TypeError(f"expected a repro Dataset or Batch, got {type(data).__name__}")
+        batch = batch_from(data, getattr(model, "input_name", "x"))
     check_batch(model, batch, what)
     return batch
 
@@ -413,6 +419,8 @@ def _hooks_chunk(model, chunk: Batch, names, target: Target, owners: dict[str, n
         def hook(mod, inputs, output):
             if mod_name in seen:
                 raise _HookFallback(f"module {mod_name!r} runs more than once per forward pass")
+            if not inputs:  # called with keyword arguments: the input is not visible to the hook
+                raise _HookFallback(f"module {mod_name!r} was called with keyword arguments")
             a = inputs[0]
             seen[mod_name] = (a.detach(), a._version, output)
             return output.clone()  # later in-place ops act on the copy, not on the kept output
@@ -467,9 +475,10 @@ def per_example_grads(model, batch, params="all", target=None, method: str = "au
     """Per-example gradients of ``target(model(x_i), y_i)`` w.r.t. the chosen parameters.
 
     Args:
-        model: a :class:`repro.models.ReproModel` (any ``nn.Module`` whose ``forward(**inputs)``
-            returns logits works with ``params="all"`` or a list of names).
-        batch: a :class:`Batch` or a Dataset (encoded with ``model.encode``).
+        model: a :class:`repro.models.ReproModel` or any classifier ``nn.Module`` (see
+            :func:`repro.models.foreign.as_model`; parameter names are the module's own).
+        batch: a :class:`Batch`, a Dataset (encoded with ``model.encode``) or ``(inputs, labels)``
+            tensors / a DataLoader of them (see :func:`repro.data.core.batch_from`).
         params: ``"all"``, ``"last"``, ``"embeddings"``, ``"trainable"``, or parameter names /
             prefixes (see ``model.param_group``).
         target: per-example scalar to differentiate (see :func:`resolve_target`); default: the
@@ -486,6 +495,7 @@ def per_example_grads(model, batch, params="all", target=None, method: str = "au
         float32 tensor ``(n, d)`` (``d = grad_dim(model, params)``, or ``projector.dim_out``), rows
         in batch order, columns in the order of the parameter names.
     """
+    model = as_model(model)
     batch, names, tgt, dev = _prepare(model, batch, params, target, device)
     method = choose_method(model, dev, method, names)
     d = grad_dim(model, names)
@@ -538,6 +548,7 @@ def batch_grad(model, batch, params="all", target=None, batch_size: int = 64, de
     Same conventions as :func:`per_example_grads` (eval mode, no turn-over ids, other parameters
     fixed), computed with ordinary autograd over mini-batches of ``batch_size`` (each weighted by
     its size)."""
+    model = as_model(model)
     batch, names, tgt, dev = _prepare(model, batch, params, target, device)
     params_ = dict(model.named_parameters())
     chosen = [params_[k] for k in names]

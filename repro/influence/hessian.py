@@ -261,19 +261,6 @@ class TrainingObjective:
         out = out + self.decay * rows
         return out[0] if single else out
 
-    def loss(self, batch: Batch | None = None) -> float:
-        """Value of the objective (mean loss on ``batch`` or the training set + the L2 term)."""
-        mb = self.train if batch is None else batch
-        with torch.no_grad():
-            self.model.eval()
-            vals = []
-            for b in mb.batches(256):
-                b = b.to(self.device)
-                vals.append(self.target(self.model(**b.inputs), b.labels).double().sum())
-            data = float(torch.stack(vals).sum()) / len(mb)
-            theta = torch.cat([p.detach().reshape(-1) for p in self.chosen]).to(self.dtype)
-            return data + 0.5 * float((self.decay * theta * theta).sum())
-
     def gradient(self, batch: Batch | None = None, batch_size: int = 64) -> torch.Tensor:
         """Gradient of the objective (mean loss + L2) on ``batch`` (default: the training set)."""
         mb = self.train if batch is None else batch

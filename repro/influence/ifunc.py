@@ -30,11 +30,14 @@ from typing import Sequence
 import torch
 
 from repro.data.core import Batch
-from repro.errors import EmptyDatasetError, ReproError, UnknownNameError
+from repro.errors import EmptyDatasetError, UnknownNameError
 from repro.checks import as_finite_float, check_k
 from repro.influence.grads import as_batch, param_names, train_batch, per_example_grads, resolve_target
 from repro.influence.hessian import (LissaConfig, LissaInfo, TrainingObjective, WeightDecay,
                                      conjugate_gradient, exact_ihvp, lissa_sum)
+from repro.errors import NotFittedError
+from repro.influence.base import Estimator, TopK, proponents_opponents
+from repro.models.foreign import as_model
 from repro.utils import progress as _progress
 from repro.utils import resolve_device
 
@@ -44,14 +47,7 @@ SOLVERS = ("lissa", "exact", "cg")
 _ROW_BYTES = 256 * 2**20  # memory budget for one chunk of streamed training-gradient rows
 AGGREGATES = ("none", "mean")
 
-try:  # one NotFittedError for every estimator when TracIn is present
-    from repro.influence.tracin import NotFittedError
-except ImportError:  # pragma: no cover
-    class NotFittedError(ReproError, RuntimeError):
-        """An estimator was asked for scores before ``fit``."""
-
-
-class InfluenceFunction:
+class InfluenceFunction(Estimator):
     """Influence functions over any parameter subset, with LiSSA / exact / CG ``s_test``.
 
     **Sign convention**: :meth:`scores` is positive for *helpful* training examples (up-weighting
@@ -61,11 +57,11 @@ class InfluenceFunction:
     (:meth:`predict_removal`).
 
     Args:
-        model: a :class:`repro.models.ReproModel` (or a module with ``forward(**inputs) -> logits``;
-            then ``params`` must be ``"all"`` or names). It is copied; the caller's model is left
-            alone.
-        train: training data (Dataset or Batch) that defines the Hessian and the default columns;
-            fitted right away when given (else call :meth:`fit`).
+        model: a :class:`repro.models.ReproModel` or any classifier ``nn.Module`` (see
+            :func:`repro.models.foreign.as_model`). It is copied; the caller's model is left alone.
+        train: training data (Dataset, Batch, or ``(inputs, labels)`` tensors / a DataLoader) that
+            defines the Hessian and the default columns; fitted right away when given (else call
+            :meth:`fit`).
         params: parameters of the influence (``"trainable"`` default, ``"last"``, ``"all"``, a
             group or names/prefixes).
         weight_decay: the L2 term of the training objective: a float ``wd`` (the optimizer's
@@ -126,7 +122,7 @@ class InfluenceFunction:
         if cache_train_grads not in ("auto", True, False):
             raise ValueError(f"cache_train_grads must be 'auto', True or False, got {cache_train_grads!r}")
         self.device = resolve_device(device)
-        self.model = copy.deepcopy(model).to(self.device).eval()
+        self.model = copy.deepcopy(as_model(model)).to(self.device).eval()
         self.params = params
         self.names = param_names(self.model, params)
         self.weight_decay = WeightDecay.resolve(weight_decay)
@@ -265,7 +261,7 @@ class InfluenceFunction:
         """Influence scores ``(n_test, n_train)`` in the package convention (positive = helpful).
 
         Args:
-            test: test points (Dataset or Batch).
+            test: test points (Dataset, Batch, or (inputs, labels) tensors).
             train: the training examples to score (default: the fitted set; any other pool, e.g.
                 kNN candidates, is scored against the fitted Hessian).
             aggregate: ``"mean"`` scores the mean test gradient (one row).
@@ -308,19 +304,15 @@ class InfluenceFunction:
             out[s:s + len(g)] = (g * self.solve(g).cpu()).sum(1)
         return out
 
-    def top_k(self, test, k: int = 5, aggregate: str = "none") -> dict:
+    def top_k(self, test, k: int = 5, aggregate: str = "none") -> TopK:
         """The ``k`` most helpful (``proponents``, largest positive scores, descending) and most
-        harmful (``opponents``, most negative first) training ids of every test point."""
+        harmful (``opponents``, most negative first) training ids of every test point (of the
+        test set's mean loss with ``aggregate="mean"``: one row, the first test id)."""
         check_k(k)
         batch = as_batch(self.model, test)
         s = self.scores(batch, aggregate=aggregate)
-        k = min(int(k), s.shape[1])
-        ids = self.train.ids
-        hi = s.topk(k, dim=1, largest=True)
-        lo = s.topk(k, dim=1, largest=False)
-        test_ids = batch.ids.clone() if aggregate == "none" else batch.ids[:1].clone()
-        return {"test_ids": test_ids, "proponents": ids[hi.indices], "proponent_scores": hi.values,
-                "opponents": ids[lo.indices], "opponent_scores": lo.values}
+        test_ids = batch.ids if aggregate == "none" else batch.ids[:1]
+        return proponents_opponents(s, self.train.ids, test_ids, k)
 
     def __repr__(self) -> str:
         extra = f", lissa={self.lissa}" if self.lissa is not None else ""

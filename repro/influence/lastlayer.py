@@ -20,18 +20,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from repro.checks import as_finite_float, check_batch
+from repro.checks import as_finite_float
 from repro.data.core import Batch
 from repro.errors import ConvergenceError, InvalidParameterError
+from repro.influence.base import Estimator
+from repro.influence.grads import as_batch
+from repro.models.foreign import as_model
 from repro.utils import resolve_device
 
 
 @torch.no_grad()
 def features_and_logits(model, data, batch_size: int = 256, device="auto") -> tuple[torch.Tensor, torch.Tensor, Batch]:
-    """Penultimate features and logits of every example (eval mode), on the CPU, float64."""
+    """Penultimate features and logits of every example (eval mode), on the CPU, float64. ``model``
+    may be any classifier ``nn.Module`` and ``data`` ``(inputs, labels)`` tensors (the features are
+    then the input of its last linear layer, see :mod:`repro.models.foreign`)."""
     device = resolve_device(device)
-    batch = data if isinstance(data, Batch) else model.encode(data)
-    check_batch(model, batch)
+    model = as_model(model)
+    batch = as_batch(model, data)
     was = model.training
     model.to(device).eval()
     feats, logits = [], []
@@ -55,21 +60,30 @@ def _grads(feats: torch.Tensor, errs: torch.Tensor, bias: bool) -> torch.Tensor:
     return (errs[:, :, None] * a[:, None, :]).reshape(len(feats), -1)
 
 
-class LastLayerInfluence:
+class LastLayerInfluence(Estimator):
     """Influence functions on the last layer with the exact (damped) Hessian.
 
     Args:
-        model: trained model with ``features`` and ``last_layer``.
-        train: training data (Dataset or Batch).
+        model: trained classifier: a repro model or any ``nn.Module`` (its last ``nn.Linear`` is the
+            last layer, see :func:`repro.models.foreign.as_model`).
+        train: training data (Dataset, Batch, or (inputs, labels) tensors); fitted right away when
+            given (else call :meth:`fit`).
         damping: ``lambda`` added to the Hessian diagonal (e.g. the weight decay used in training).
         batch_size, device: for the feature pass.
     """
 
-    def __init__(self, model, train, damping: float = 1e-3, batch_size: int = 256, device="auto"):
-        self.model = model
-        damping = as_finite_float("damping", damping, minimum=0.0)
+    def __init__(self, model, train=None, damping: float = 1e-3, batch_size: int = 256, device="auto"):
+        self.model = model = as_model(model)
+        self.damping = as_finite_float("damping", damping, minimum=0.0)
+        self.batch_size, self.device = batch_size, device
         self.bias = model.last_layer.bias is not None
-        self.feats, logits, self.train = features_and_logits(model, train, batch_size, device)
+        if train is not None:
+            self.fit(train)
+
+    def fit(self, train) -> "LastLayerInfluence":
+        """Features, exact last-layer Hessian (+ damping) and gradients of ``train``; returns self."""
+        model, damping = self.model, self.damping
+        self.feats, logits, self.train = features_and_logits(model, train, self.batch_size, self.device)
         self.labels = self.train.labels
         # recompute logits from features in float64 to keep H and the gradients consistent
         self.W = model.last_layer.weight.detach().double().cpu()
@@ -82,7 +96,6 @@ class LastLayerInfluence:
         # H[(c,j),(c',j')] = 1/n sum_i S_i[c,c'] a_i[j] a_i[j']
         H = torch.einsum("icd,ij,ik->cjdk", S, a, a).reshape(C * a.shape[1], C * a.shape[1]) / n
         self.hessian = H
-        self.damping = damping
         eye = torch.eye(H.shape[0], dtype=H.dtype)
         L, info = torch.linalg.cholesky_ex(H + damping * eye)
         if int(info) != 0:
@@ -91,6 +104,8 @@ class LastLayerInfluence:
                                    "use damping > 0, e.g. 1e-3")
         self._chol = L
         self.train_grads = _grads(self.feats, softmax_errors(self.logits, self.labels), self.bias)
+        self._train = self.train
+        return self
 
     def _logits(self, feats):
         out = feats @ self.W.T
@@ -101,6 +116,7 @@ class LastLayerInfluence:
         return torch.cholesky_solve(v.T.double(), self._chol).T
 
     def test_grads(self, test) -> torch.Tensor:
+        self._check_fitted()
         feats, _, batch = features_and_logits(self.model, test)
         return _grads(feats, softmax_errors(self._logits(feats), batch.labels), self.bias)
 
@@ -111,30 +127,39 @@ class LastLayerInfluence:
 
     def self_influence(self) -> torch.Tensor:
         """grad_i^T (H + lambda I)^-1 grad_i for every training example (>= 0)."""
+        self._check_fitted()
         s = self.inverse_hvp(self.train_grads)
         return (s * self.train_grads).sum(1).float()
 
 
-class RepresenterPoints:
+class RepresenterPoints(Estimator):
     """Representer point selection (Yeh et al. 2018) on the last layer.
 
     Args:
-        model: trained model with ``features`` and ``last_layer``.
-        train: training data.
+        model: trained classifier: a repro model or any ``nn.Module`` (its last ``nn.Linear`` is the
+            last layer, see :func:`repro.models.foreign.as_model`).
+        train: training data; fitted right away when given (else call :meth:`fit`).
         lam: L2 strength of the refit ``min_W 1/n sum_i CE(W f_i, y_i) + lam ||W||^2``.
         max_iter: L-BFGS iterations of the refit (it starts from the trained weights).
         stationarity_tol: the refit counts as converged (``converged``; else a RuntimeWarning) when
             ``max |sum_i alpha_i f_i - W| <= stationarity_tol * max(1, max |W|)``.
     """
 
-    def __init__(self, model, train, lam: float = 1e-3, max_iter: int = 500, batch_size: int = 256, device="auto",
-                 stationarity_tol: float = 1e-4):
-        self.model = model
+    def __init__(self, model, train=None, lam: float = 1e-3, max_iter: int = 500, batch_size: int = 256,
+                 device="auto", stationarity_tol: float = 1e-4):
+        self.model = as_model(model)
         lam = as_finite_float("lam", lam)
         if lam <= 0:
             raise InvalidParameterError(f"RepresenterPoints needs lam > 0 (the alphas divide by it), got {lam}")
-        self.lam = lam
-        self.feats, logits, self.train = features_and_logits(model, train, batch_size, device)
+        self.lam, self.max_iter, self.stationarity_tol = lam, max_iter, stationarity_tol
+        self.batch_size, self.device = batch_size, device
+        if train is not None:
+            self.fit(train)
+
+    def fit(self, train) -> "RepresenterPoints":
+        """Refit the last layer with L2 on ``train``'s features and compute the alphas; returns self."""
+        model, lam, max_iter, stationarity_tol = self.model, self.lam, self.max_iter, self.stationarity_tol
+        self.feats, logits, self.train = features_and_logits(model, train, self.batch_size, self.device)
         self.labels = self.train.labels
         W = model.last_layer.weight.detach().double().cpu().clone().requires_grad_(True)
         opt = torch.optim.LBFGS([W], lr=1, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
@@ -160,17 +185,24 @@ class RepresenterPoints:
                           f"(max |sum_i alpha_i f_i - W| = {self.stationarity:.3g}) in max_iter={max_iter} "
                           "iterations; representer values are approximate: raise max_iter or lam",
                           RuntimeWarning, stacklevel=2)
+        self._train = self.train
+        return self
 
     def scores(self, test, classes=None) -> torch.Tensor:
         """Representer values (n_test, n_train) for the test label (or ``classes``): alpha_i,c (f_i . f_t).
         Positive = the training point pushes the test point towards that class (proponent)."""
+        self._check_fitted()
         feats, _, batch = features_and_logits(self.model, test)
         c = batch.labels if classes is None else torch.as_tensor(classes)
         return ((feats @ self.feats.T) * self.alpha[:, c].T).float()
 
-    def self_importance(self) -> torch.Tensor:
-        """|alpha_{i, y_i}|: large for training points the refit struggles with (mislabel ranking)."""
+    def self_influence(self) -> torch.Tensor:
+        """|alpha_{i, y_i}|: large for training points the refit struggles with (mislabel ranking);
+        representer points' self-importance, the protocol's self-influence."""
+        self._check_fitted()
         return self.alpha.gather(1, self.labels[:, None]).squeeze(1).abs().float()
+
+    self_importance = self_influence
 
 
 def loss_per_example(model, data, batch_size: int = 256, device="auto") -> np.ndarray:

@@ -18,6 +18,7 @@ per-example gradients are ``dW = e a^T`` and ``db = e`` with ``e = softmax(logit
 from __future__ import annotations
 
 import copy
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -26,10 +27,12 @@ import torch.nn.functional as F
 
 from repro.data.core import Batch
 from repro.errors import CheckpointError, ReproError
-from repro.checks import as_finite_float, batch_fingerprint, check_k
+from repro.checks import as_finite_float, batch_fingerprint
+from repro.influence.base import Estimator
 from repro.influence.cache import GradientCache, cached_rows, file_fingerprint, ids_fingerprint
 from repro.influence.grads import as_batch, grad_dim, param_names, per_example_grads, resolve_target, train_batch
-from repro.train import Checkpoint, list_checkpoints, load_run
+from repro.models.foreign import as_model
+from repro.train import Checkpoint, StateCheckpoint, list_checkpoints
 from repro.utils import progress as _progress
 from repro.utils import resolve_device
 
@@ -37,17 +40,6 @@ __all__ = ["TracInCP", "NotFittedError", "resolve_checkpoints"]
 
 
 from repro.errors import NotFittedError  # noqa: E402,F401  (re-exported: estimators import it from here)
-
-
-def proponents_opponents(scores: torch.Tensor, train_ids: torch.Tensor, test_ids: torch.Tensor, k: int) -> dict:
-    """The ``k`` largest (proponents) and smallest (opponents) scores of every row, as ids and scores:
-    ``test_ids``, ``proponents``, ``proponent_scores`` (descending), ``opponents``,
-    ``opponent_scores`` (ascending, most negative first)."""
-    k = min(check_k(k), scores.shape[1])
-    hi = scores.topk(k, dim=1, largest=True)
-    lo = scores.topk(k, dim=1, largest=False)
-    return {"test_ids": test_ids.clone(), "proponents": train_ids[hi.indices], "proponent_scores": hi.values,
-            "opponents": train_ids[lo.indices], "opponent_scores": lo.values}
 
 
 def resolve_checkpoints(checkpoints) -> list[Checkpoint]:
@@ -66,14 +58,60 @@ def resolve_checkpoints(checkpoints) -> list[Checkpoint]:
         cks = list(checkpoints)
     if not cks:
         raise CheckpointError("TracInCP needs at least one checkpoint")
+    if any(isinstance(c, (tuple, list)) for c in cks):
+        cks = _state_checkpoints(cks)
     bad = [type(c).__name__ for c in cks if not isinstance(c, Checkpoint)]
     if bad:
-        raise TypeError(f"checkpoints must be repro.train.Checkpoint objects, got {bad[:3]}")
-    _check_one_run(cks)
+        raise TypeError(f"checkpoints must be a run folder, repro.train.Checkpoint objects or "
+                        f"(state_dict or weights path, lr) pairs; got {bad[:3]}")
+    if not any(isinstance(c, StateCheckpoint) for c in cks):
+        _check_one_run(cks)
     for c in cks:
         for key in ("lr", "lr_mean"):
             as_finite_float(f"{key} of checkpoint", getattr(c, key), minimum=0.0, where=str(c.path))
     return cks
+
+
+class _FastPathError(ReproError):
+    """The last-layer factorisation does not reproduce the model's logits."""
+
+
+def _state_checkpoints(items) -> list[StateCheckpoint]:
+    """``[(state_dict or path, lr), ...]`` (training order) as StateCheckpoints; the same state dict
+    object or file listed twice raises CheckpointError."""
+    out, seen = [], {}
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"checkpoint {i} must be a (state_dict or path, lr) pair, got {type(item).__name__}")
+        state, lr = item
+        lr = as_finite_float(f"lr of checkpoint {i}", lr, minimum=0.0)
+        if isinstance(state, (str, Path)):
+            key, path, state = str(Path(state).resolve()), Path(state), None
+        elif isinstance(state, dict):
+            key, path = id(state), Path(f"state-{i}")
+        else:
+            raise TypeError(f"checkpoint {i}: expected a state dict or a weights path, got {type(state).__name__}")
+        if key in seen:
+            raise CheckpointError(f"checkpoints {seen[key]} and {i} are the same weights; each checkpoint counts once")
+        seen[key] = i
+        out.append(StateCheckpoint(path=path, epoch=i, step=i, lr=lr, lr_mean=lr, state=state))
+    return out
+
+
+def checkpoint_fingerprint(ck: Checkpoint) -> dict:
+    """What identifies a checkpoint's weights in a cache stamp: the file's name, size and sha256, or
+    for an in-memory state dict the sha256 of its tensors."""
+    if isinstance(ck, StateCheckpoint) and ck.state is not None:
+        h = hashlib.sha256()
+        for k in sorted(ck.state):
+            v = ck.state[k]
+            h.update(k.encode())
+            if isinstance(v, torch.Tensor):
+                t = v.detach().cpu().contiguous()
+                h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+                h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+        return {"file": ck.path.name, "sha256": h.hexdigest()}
+    return file_fingerprint(ck.path)
 
 
 def _check_one_run(cks: list[Checkpoint]) -> None:
@@ -119,13 +157,15 @@ def _matmul_t(a: torch.Tensor, b: torch.Tensor, device: torch.device, block: int
     return torch.cat(out, 1)
 
 
-class TracInCP:
+class TracInCP(Estimator):
     """TracInCP over saved checkpoints, for any parameter subset, with a last-layer fast path.
 
     Args:
-        model: a :class:`repro.models.ReproModel` with the checkpoints' architecture. It is copied;
-            the caller's model (weights, device, mode) is never changed.
-        checkpoints: a run folder (every kept checkpoint, in training order) or Checkpoint(s).
+        model: a :class:`repro.models.ReproModel`, or any classifier ``nn.Module`` (plain PyTorch,
+            Hugging Face, torchvision; see :func:`repro.models.foreign.as_model`), with the
+            checkpoints' architecture. It is copied; the caller's model is never changed.
+        checkpoints: a run folder (every kept checkpoint, in training order), Checkpoint(s), or
+            ``[(state_dict or weights file, lr), ...]`` in training order.
         params: parameter group or names (``"last"`` = classifier weight + bias, ``"embeddings"``,
             ``"all"``, ``"trainable"``, a list of names/prefixes).
         lr_weighting: ``True`` (or ``"lr"``): weight checkpoint ``i`` by ``Checkpoint.lr``, the
@@ -162,7 +202,7 @@ class TracInCP:
                  progress: bool = True):
         self.checkpoints = resolve_checkpoints(checkpoints)
         self.device = resolve_device(device)
-        self.model = copy.deepcopy(model).to(self.device).eval()
+        self.model = copy.deepcopy(as_model(model)).to(self.device).eval()
         self.params = params
         self.names = param_names(self.model, params)
         self.projector = projector
@@ -190,8 +230,8 @@ class TracInCP:
 
     # ------------------------------------------------------------------ configuration
     def _use_fast(self, fast) -> bool:
-        last = self.model.last_layer_name + "."
-        within_last = all(n.startswith(last) for n in self.names)
+        last = self.model.last_layer_name
+        within_last = last is not None and all(n.startswith(last + ".") for n in self.names)
         reasons = []
         if not within_last:
             reasons.append(f"params {self.params!r} are not (only) the last layer")
@@ -199,6 +239,7 @@ class TracInCP:
             reasons.append(f"the test target is {self.target.name!r}, not the loss")
         if self.projector is not None:
             reasons.append("a projector is set (the fast path needs none)")
+        self._fast_setting = fast
         if fast == "auto":
             return not reasons
         if fast is True:
@@ -222,7 +263,7 @@ class TracInCP:
             "format": "repro.tracin.train_rows/1",
             "kind": "last_layer_factors" if self.fast else "grads",
             "model_spec": self.model.spec,
-            "checkpoint": {"epoch": ck.epoch, "step": ck.step, **file_fingerprint(ck.path)},
+            "checkpoint": {"epoch": ck.epoch, "step": ck.step, **checkpoint_fingerprint(ck)},
             "params": self.names,
             "projection": self.projector.spec() if self.projector is not None else None,
             "target": "loss",
@@ -254,7 +295,7 @@ class TracInCP:
             if check and not es:  # once per fit: is the last layer really the model's output?
                 direct = self.model(**{k: v[:2] for k, v in mb.inputs.items()}).float()
                 if not torch.allclose(direct, logits[:2], rtol=1e-4, atol=1e-5):
-                    raise ReproError(
+                    raise _FastPathError(
                         f"{type(self.model).__name__}: last_layer(features(x)) differs from the "
                         "logits, so the last-layer fast path does not apply; use fast_last_layer=False")
             e = torch.softmax(logits, 1) - F.one_hot(mb.labels, logits.shape[1]).float()
@@ -307,6 +348,8 @@ class TracInCP:
     def fit(self, train) -> "TracInCP":
         """Compute (or load from the cache) the train rows at every checkpoint; returns ``self``."""
         batch = train_batch(self.model, train, "TracInCP")
+        if self.fast and self._fast_setting == "auto":
+            self._probe_fast_path(batch)
         rows = []
         total = len(batch) * len(self.checkpoints)
         with _progress(total=total, desc="TracInCP train rows", disable=not self.progress,
@@ -319,15 +362,16 @@ class TracInCP:
         self._train, self._rows = batch, rows
         return self
 
-    def _check_fitted(self):
-        if self._train is None:
-            raise NotFittedError("call TracInCP.fit(train) before asking for scores")
-
-    @property
-    def train_ids(self) -> torch.Tensor:
-        """Stable ids of the training examples, in the column order of :meth:`scores`."""
-        self._check_fitted()
-        return self._train.ids.clone()
+    def _probe_fast_path(self, batch: Batch) -> None:
+        """With ``fast_last_layer="auto"``: does ``last_layer(features(x))`` give the model's logits
+        at the first checkpoint? If not (the model transforms the last layer's output), fall back
+        to brute-force gradients with a warning."""
+        self.checkpoints[0].load_into(self.model)
+        try:
+            self._factors(batch[torch.arange(min(2, len(batch)))], check=True)
+        except _FastPathError as e:
+            warnings.warn(f"{e}; using per-example gradients instead", RuntimeWarning, stacklevel=3)
+            self.fast = False
 
     def scores(self, test) -> torch.Tensor:
         """TracInCP scores ``(n_test, n_train)``; positive = proponent, negative = opponent."""
@@ -394,22 +438,6 @@ class TracInCP:
                     bar.update(hi - lo)
                 per.append(out)
         return per
-
-    def top_k(self, test, k: int = 5) -> dict:
-        """The ``k`` strongest proponents and opponents of every test example.
-
-        Returns a dict of tensors: ``test_ids`` (n_test,), ``proponents`` / ``opponents`` (ids,
-        (n_test, k)), ``proponent_scores`` (descending) / ``opponent_scores`` (ascending, most
-        negative first)."""
-        check_k(k)
-        batch = as_batch(self.model, test)
-        return proponents_opponents(self.scores(batch), self._train.ids, batch.ids, k)
-
-    @classmethod
-    def from_run(cls, run_dir, **kwargs) -> "TracInCP":
-        """TracInCP over every checkpoint of a run folder, with the run's own model."""
-        model, cks = load_run(run_dir, checkpoint=None)
-        return cls(model, cks, **kwargs)
 
     def __repr__(self) -> str:
         return (f"TracInCP(params={self.params!r}, checkpoints={len(self.checkpoints)}, "

@@ -46,11 +46,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from repro.data.core import Batch, Dataset
+from repro.data.core import Batch
 from repro.errors import EmptyDatasetError, ReproError
 from repro.influence.grads import (EvalState, as_batch, train_batch, param_names, per_example_grads,
                                    resolve_target)
-from repro.influence.tracin import NotFittedError, proponents_opponents, resolve_checkpoints
+from repro.influence.base import Estimator
+from repro.influence.tracin import resolve_checkpoints
+from repro.models.foreign import as_model
 from repro.utils import progress as _progress
 from repro.utils import resolve_device
 
@@ -313,16 +315,16 @@ def sparse_dot(test: TokenGrads, train: TokenGrads, out: torch.Tensor | None = N
 
 
 # ---------------------------------------------------------------------------- estimator
-class TracInWE:
+class TracInWE(Estimator):
     """TracIn-WE over saved checkpoints (and its Top-k variant), with word-level attributions.
 
     Args:
-        model: a text model (``forward(**batch.inputs) -> logits``; e.g. our
-            :class:`~repro.models.text.TextClassifier` or any wrapper around a Hugging Face BERT-family
-            encoder whose input embeddings are reachable, see :func:`word_embedding_module`). It is
+        model: a text model: our :class:`~repro.models.text.TextClassifier`, a raw Hugging Face
+            sequence classifier (``as_model(hf, tokenizer=tok)`` to name its special tokens), or any
+            module whose input embeddings are reachable (see :func:`word_embedding_module`). It is
             copied; the caller's model is never changed.
-        checkpoints: a run folder, Checkpoint(s), or ``None`` = the model's current weights as the
-            only checkpoint, with weight 1.
+        checkpoints: a run folder, Checkpoint(s), ``[(state_dict or weights file, lr), ...]``, or
+            ``None`` = the model's current weights as the only checkpoint, with weight 1.
         lr_weighting: ``True``/``"lr"`` (weight by ``Checkpoint.lr``), ``"mean"`` (``lr_mean``),
             ``False`` (weight 1, as the official notebook does).
         exclude_special: ``True`` (default: [CLS], [SEP], [PAD], [UNK], [MASK] rows are not counted),
@@ -350,7 +352,7 @@ class TracInWE:
                  top_k_tokens: int | None = None, test_target="loss", batch_size: int = 32,
                  device="auto", storage_device="cpu", progress: bool = True):
         self.device = resolve_device(device)
-        self.model = copy.deepcopy(model).to(self.device).eval()
+        self.model = copy.deepcopy(as_model(model)).to(self.device).eval()
         word_embedding_module(self.model)  # fail early when there are none
         self.checkpoints = None if checkpoints is None else resolve_checkpoints(checkpoints)
         if lr_weighting is True or lr_weighting == "lr":
@@ -391,17 +393,12 @@ class TracInWE:
                            top_k_tokens=self.top_k_tokens, batch_size=self.batch_size,
                            device=self.device, out_device=self.storage_device)
 
-    def _check_fitted(self):
-        if self._train is None:
-            raise NotFittedError("call TracInWE.fit(train) before asking for scores")
 
     def _one(self, example) -> Batch:
-        if isinstance(example, (Dataset, Batch)):
-            b = as_batch(self.model, example)
-            if len(b) != 1:
-                raise ValueError(f"expected a single example, got {len(b)}")
-            return b
-        raise TypeError(f"expected a Dataset or Batch with one example, got {type(example).__name__}")
+        b = as_batch(self.model, example)
+        if len(b) != 1:
+            raise ValueError(f"expected a single example, got {len(b)}")
+        return b
 
     @property
     def _sign(self) -> float:
@@ -418,21 +415,6 @@ class TracInWE:
             rows.append(self._token_grads(batch))
         self._train, self._rows = batch, rows
         return self
-
-    @property
-    def train_ids(self) -> torch.Tensor:
-        """Stable ids of the training examples, in the column order of :meth:`scores`."""
-        self._check_fitted()
-        return self._train.ids.clone()
-
-    def test_rows(self, test) -> list[TokenGrads]:
-        """The test side's sparse rows at every checkpoint (with the test target)."""
-        batch = as_batch(self.model, test)
-        out = []
-        for ck, _ in self._steps():
-            self._load(ck)
-            out.append(self._token_grads(batch, self.target))
-        return out
 
     def scores(self, test) -> torch.Tensor:
         """TracIn-WE scores ``(n_test, n_train)`` on the CPU; positive = proponent."""
@@ -452,13 +434,6 @@ class TracInWE:
         for w, rows in zip(self.weights, self._rows):
             out.add_(rows.sq_norms().cpu(), alpha=w)
         return out
-
-    def top_k(self, test, k: int = 5) -> dict:
-        """The ``k`` strongest proponents and opponents of every test example (same layout as
-        :meth:`repro.influence.TracInCP.top_k`: ``test_ids``, ``proponents``, ``proponent_scores``,
-        ``opponents``, ``opponent_scores``)."""
-        batch = as_batch(self.model, test)
-        return proponents_opponents(self.scores(batch), self._train.ids, batch.ids, k)
 
     def token_contributions(self, test_example, train_example) -> dict[int, float]:
         """``{token id: sum_i eta_i g_i(z', w) . g_i(z, w)}`` over the shared (counted) tokens of a

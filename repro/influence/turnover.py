@@ -18,10 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from repro.checks import check_batch, check_k
+from repro.checks import check_k
 from repro.data.core import Batch, Dataset
 from repro.errors import ReproError
-from repro.utils import progress, resolve_device
+from repro.influence.base import Estimator, TopK, proponents_opponents
+from repro.utils import progress as _progress
+from repro.utils import resolve_device
 
 
 def _ids_of(train) -> torch.Tensor:
@@ -34,7 +36,7 @@ def _ids_of(train) -> torch.Tensor:
     return torch.as_tensor(np.asarray(ids, dtype=np.int64))
 
 
-class TurnOverInfluence:
+class TurnOverInfluence(Estimator):
     """Influence estimates of a model trained with turn-over dropout.
 
     Args:
@@ -45,10 +47,21 @@ class TurnOverInfluence:
             of any number of turn-over layers), or ``"auto"`` (head when possible).
         batch_size: targets per forward pass; ``id_chunk`` training ids per matrix product.
         device: ``"auto"`` = CUDA when available.
+        progress: progress bars.
+
+    The training examples are those the model was trained on (their ids select the sub-networks):
+    :meth:`fit` takes them (Dataset, Batch or tensors with the training ids); every method also
+    takes ``train_ids`` explicitly (ids, or a Dataset / Batch whose ids are used).
+
+    Example::
+
+        est = TurnOverInfluence(model).fit(train)
+        s = est.scores(test)                # (n_test, n_train), positive = helpful
+        flagged = est.self_influence().argsort(descending=True)
     """
 
     def __init__(self, model, method: str = "auto", batch_size: int = 128, id_chunk: int = 4096,
-                 device="auto", show_progress: bool = True):
+                 device="auto", progress: bool = True):
         from repro.models.turnover import turnover_layers
 
         self.model = model
@@ -67,12 +80,31 @@ class TurnOverInfluence:
         self.batch_size = batch_size
         self.id_chunk = id_chunk
         self.device = resolve_device(device)
-        self.show_progress = show_progress
+        self.progress = progress
+
+    def fit(self, train) -> "TurnOverInfluence":
+        """The training examples (the ones the model was trained on, with the ids it saw)."""
+        batch = self._batch(train)
+        from repro.checks import check_unique_ids
+        check_unique_ids(batch.ids, "TurnOverInfluence training examples")
+        self._train = batch
+        return self
+
+    def _train_ids(self, train_ids) -> torch.Tensor:
+        if train_ids is None:
+            self._check_fitted()
+            return self._train.ids
+        return _ids_of(train_ids)
+
+    def _train_batch(self, train) -> Batch:
+        if train is None:
+            self._check_fitted()
+            return self._train
+        return self._batch(train)
 
     def _batch(self, data) -> Batch:
-        batch = data if isinstance(data, Batch) else self.model.encode(data)
-        check_batch(self.model, batch)
-        return batch
+        from repro.influence.grads import as_batch
+        return as_batch(self.model, data)
 
     # ------------------------------------------------------------------ fast path
     @torch.no_grad()
@@ -115,7 +147,7 @@ class TurnOverInfluence:
         own = torch.empty(n_t, n_i)
         flip = torch.empty(n_t, n_i)
         per = max(1, self.batch_size // 2)
-        bar = progress(range(n_t), desc="turn-over (forward)", disable=not self.show_progress)
+        bar = _progress(range(n_t), desc="turn-over (forward)", disable=not self.progress)
         for t in bar:
             one = batch[[t]].to(self.device)
             for s in range(0, n_i, per):
@@ -129,10 +161,10 @@ class TurnOverInfluence:
         return own, flip
 
     # ------------------------------------------------------------------ public API
-    def losses(self, targets, train_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, targets, train_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(own, flipped)`` losses of every target under every instance's masks, each (n_t, n_i)."""
         batch = self._batch(targets)
-        ids = _ids_of(train_ids)
+        ids = self._train_ids(train_ids)
         was_training = self.model.training
         self.model.to(self.device).eval()
         try:
@@ -141,7 +173,7 @@ class TurnOverInfluence:
             h = self._features(batch)
             own_parts, flip_parts = [], []
             chunks = range(0, len(ids), self.id_chunk)
-            for s in progress(chunks, desc="turn-over (head)", disable=not self.show_progress or len(chunks) < 4):
+            for s in _progress(chunks, desc="turn-over (head)", disable=not self.progress or len(chunks) < 4):
                 o, f = self._head_losses(h, batch.labels, ids[s:s + self.id_chunk])
                 own_parts.append(o.cpu())
                 flip_parts.append(f.cpu())
@@ -149,17 +181,19 @@ class TurnOverInfluence:
         finally:
             self.model.train(was_training)
 
-    def scores(self, targets, train_ids) -> torch.Tensor:
+    def scores(self, targets, train_ids=None) -> torch.Tensor:
         """Influence matrix (n_targets, n_train): loss(flipped) - loss(own); positive = helpful.
 
-        ``train_ids``: ids of training instances (an array, or a Dataset/Batch whose ids are used)."""
+        ``train_ids``: ids of training instances (an array, or a Dataset/Batch whose ids are used);
+        default: the fitted training examples."""
         own, flip = self.losses(targets, train_ids)
         return flip - own
 
-    def summed(self, targets, train_ids) -> torch.Tensor:
+    def summed(self, targets, train_ids=None) -> torch.Tensor:
         """Influence of each training instance summed over all targets (e.g. a validation set):
         the quantity data cleansing ranks by (most negative = most harmful)."""
-        total = torch.zeros(len(_ids_of(train_ids)))
+        train_ids = self._train_ids(train_ids)
+        total = torch.zeros(len(train_ids))
         batch = self._batch(targets)
         for start in range(0, len(batch), self.batch_size):
             total += self.scores(batch[torch.arange(start, min(len(batch), start + self.batch_size))],
@@ -167,9 +201,10 @@ class TurnOverInfluence:
         return total
 
     @torch.no_grad()
-    def self_influence(self, train) -> torch.Tensor:
-        """I(z_i -> z_i) for every training instance (large for atypical or mislabelled ones)."""
-        batch = self._batch(train)
+    def self_influence(self, train=None) -> torch.Tensor:
+        """I(z_i -> z_i) for every training instance (large for atypical or mislabelled ones);
+        default: the fitted training examples."""
+        batch = self._train_batch(train)
         out = torch.empty(len(batch))
         was_training = self.model.training
         self.model.to(self.device).eval()
@@ -194,12 +229,10 @@ class TurnOverInfluence:
             self.model.train(was_training)
         return out.detach()
 
-    def top_k(self, targets, train_ids, k: int = 5) -> dict:
-        """Most helpful (proponents) and most harmful (opponents) training ids per target."""
+    def top_k(self, targets, k: int = 5, train_ids=None) -> TopK:
+        """Most helpful (proponents) and most harmful (opponents) training ids per target (see
+        :class:`repro.influence.base.TopK`)."""
         check_k(k)
-        s = self.scores(targets, train_ids)
-        ids = _ids_of(train_ids)
-        k = min(k, s.shape[1])
-        pv, pi = s.topk(k, dim=1)
-        ov, oi = (-s).topk(k, dim=1)
-        return {"proponents": ids[pi], "proponent_scores": pv, "opponents": ids[oi], "opponent_scores": -ov}
+        batch = self._batch(targets)
+        ids = self._train_ids(train_ids)
+        return proponents_opponents(self.scores(batch, ids), ids, batch.ids, k)

@@ -24,6 +24,7 @@ class ReproModel(nn.Module):
     spec: dict
     num_classes: int
     last_layer_name: str  # module name of the final nn.Linear
+    input_name: str = "x"  # forward keyword of a plain tensor input (see repro.data.core.batch_from)
 
     @property
     def last_layer(self) -> nn.Linear:

@@ -91,6 +91,7 @@ class WordCNN(ReproModel):
     """
 
     last_layer_name = "fc"
+    input_name = "input_ids"  # the keyword a plain (token ids, labels) tensor pair is passed as
 
     def __init__(self, num_classes: int, vocab: Sequence[int], emb_dim: int = 64, filters: int = 50,
                  kernel_sizes: Sequence[int] = (5, 5, 1), max_length: int = 128, segments: bool = True,

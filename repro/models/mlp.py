@@ -63,6 +63,7 @@ class MLP(ReproModel):
     """
 
     last_layer_name = "classifier"
+    input_name = "pixel_values"  # the keyword a plain (images, labels) tensor pair is passed as
 
     def __init__(self, num_classes: int = 10, in_features: int = 784, hidden=(256, 256),
                  turnover: dict | None = None):

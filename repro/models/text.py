@@ -51,6 +51,7 @@ class TextClassifier(ReproModel):
     """
 
     last_layer_name = "classifier"
+    input_name = "input_ids"  # the keyword a plain (token ids, labels) tensor pair is passed as
 
     def __init__(self, num_classes: int, model_name: str = DEFAULT_TEXT_MODEL, max_length: int = 128,
                  train_top_layers: int | None = None, attn_implementation: str = "eager",

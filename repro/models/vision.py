@@ -26,6 +26,7 @@ class VGG(ReproModel):
     """
 
     last_layer_name = "classifier"
+    input_name = "pixel_values"  # the keyword a plain (images, labels) tensor pair is passed as
 
     def __init__(self, num_classes: int = 10, depth: int = 11, in_channels: int = 1,
                  image_size: int = 28, width: float = 1.0, hidden: int = 512, dropout: float = 0.5,
