@@ -28,6 +28,37 @@ singular, multi-word expressions such as ``in front of`` count as one word).
 Every subcase draws from its own ``numpy.random.Generator`` derived from
 ``seed``, so a subcase's examples do not depend on which other subcases are
 generated.
+
+Two styles (``style=`` of :func:`generate`, :func:`load_hans`, :func:`identity_pairs`)
+share the heuristics, the 30 subcase names, the labels and every structural
+guarantee above; they differ in vocabulary and sentence shapes:
+
+* ``"original"`` (default) -- HANS-like: professions (``the senator``), simple past
+  (``The senator helped the managers.``), passives ``was/were`` + participle.
+  Its output is fixed: changing this style changes published results.
+* ``"snli"`` -- domain-matched to SNLI, for models trained on SNLI that cannot read
+  the original style: people and animals (``the man``, ``the girl``, ``the dog``,
+  ``the crowd``), everyday actions in the present progressive (``The man is holding
+  the dog.``), places and objects (``on the beach``, ``a bike``), SNLI-like
+  prepositions (``next to``, ``in front of``), present-tense factive / non-factive
+  embedding verbs (``The woman knows that ...`` / ``thinks that ...``), present
+  simple NP/S verbs (``The woman sees the man is running.``) and passives in the
+  present progressive (``The dog is being held by the man.``).  Every premise
+  contains ``is``/``are`` followed by an ``-ing`` word.  Verbs agree with their
+  subjects; where a hypothesis gives a verb a new subject, the two nouns are drawn
+  with the same number (so the hypothesis's ``is``/``are`` occurs in the premise),
+  and a conjoined subject that becomes a hypothesis subject alone is plural.
+  Exception to the progressive: the active hypotheses of ``ln_passive`` /
+  ``le_passive`` are in the simple past (``The man held the dog.``), because the
+  ``-ing`` form does not occur in a passive premise and full lexical overlap would
+  fail otherwise (all their verbs have past tense = participle, as in HANS).
+  The no-repeat rule also ignores ``a``, ``is``, ``are`` and counts every form of a
+  vocabulary verb as that verb (``pushed`` = ``pushing``).
+
+Ids: style ``"original"`` uses ids below :data:`SNLI_ID_OFFSET`; style ``"snli"``
+adds :data:`SNLI_ID_OFFSET` to every id, so ids of the two styles never collide.
+:func:`identity_pairs` gives premises repeated word for word as hypotheses
+(label entailment): a sanity check that a model can read a style at all.
 """
 
 from __future__ import annotations
@@ -45,6 +76,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from repro.errors import InvalidParameterError, UnknownNameError
+
 __all__ = [
     "ENTAILMENT",
     "NON_ENTAILMENT",
@@ -57,11 +90,19 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_N_PER_SUBCASE",
     "TRAIN_ID_OFFSET",
+    "STYLES",
+    "SNLI_VOCAB",
+    "SNLI_TEMPLATES",
+    "SNLI_ID_OFFSET",
+    "IDENTITY_ID_OFFSET",
+    "STYLE_VOCAB",
+    "STYLE_TEMPLATES",
     "HubUnavailableError",
     "Template",
     "content_words",
     "subcase_capacity",
     "generate",
+    "identity_pairs",
     "load_hans",
 ]
 
@@ -79,6 +120,15 @@ DEFAULT_N_PER_SUBCASE = 100
 TRAIN_ID_OFFSET = 2_000_000
 #: Ids are ``subcase_index * _ID_STRIDE + k``; hence at most this many rows per subcase.
 _ID_STRIDE = 30_000
+#: Every id of style ``"snli"`` is offset by this (ids of style ``"original"`` lie below it).
+SNLI_ID_OFFSET = 10_000_000
+#: Ids of :func:`identity_pairs` are ``style offset (+ TRAIN_ID_OFFSET for split="train")
+#: + IDENTITY_ID_OFFSET + k``: above the 30 * 30,000 subcase ids, below the next block.
+IDENTITY_ID_OFFSET = 900_000
+_MAX_IDENTITY = 100_000
+
+#: Generator styles: ``"original"`` (HANS-like vocabulary, the default) and ``"snli"``.
+STYLES = ("original", "snli")
 
 _HUB_NAMES = ("hans", "jhu-cogsci/hans")
 _HUB_SPLITS = {"evaluation": "validation", "train": "train"}
@@ -202,12 +252,14 @@ VOCAB = {
 
 class _Filler:
     """One slot filler: formats as ``text``; extra attributes (``be``, ``pp``,
-    ``obj``) are reachable from templates as ``{SLOT.attr}``."""
+    ``obj``, ``past``) are reachable from templates as ``{SLOT.attr}``.  ``be`` is
+    also the number of a noun or of a present-tense verb form (``is``: singular,
+    ``are``/``were``: plural), used by agreement constraints."""
 
-    __slots__ = ("text", "be", "pp", "obj")
+    __slots__ = ("text", "be", "pp", "obj", "past")
 
-    def __init__(self, text: str, be: str = "", pp: str = "", obj: str = ""):
-        self.text, self.be, self.pp, self.obj = text, be, pp, obj
+    def __init__(self, text: str, be: str = "", pp: str = "", obj: str = "", past: str = ""):
+        self.text, self.be, self.pp, self.obj, self.past = text, be, pp, obj, past
 
     def __str__(self) -> str:
         return self.text
@@ -255,21 +307,27 @@ _MULTIWORD = tuple(sorted((p for p in _PREPOSITIONS if " " in p), key=len, rever
 _PUNCT_TABLE = str.maketrans({c: " " for c in string.punctuation})
 
 
-def content_words(sentence: str) -> list[str]:
-    """Normalized words of ``sentence`` used by the no-repeat rule.
+def content_words(sentence: str, style: str = "original") -> list[str]:
+    """Normalized words of ``sentence`` used by the no-repeat rule of ``style``.
 
     Lowercases, strips punctuation, joins multi-word prepositions into one token
     (``in front of`` -> ``in_front_of``), drops ``the`` and maps plural nouns of
-    the vocabulary to their singular.
+    the vocabulary to their singular.  Style ``"snli"`` also drops ``a``, ``is``
+    and ``are`` and maps every form of a vocabulary verb to one form
+    (``pushed`` -> ``pushing``, ``know`` -> ``knows``).
     """
+    return _content_words(sentence, _get_style(style))
+
+
+def _content_words(sentence: str, st: "_Style") -> list[str]:
     text = " " + " ".join(sentence.lower().translate(_PUNCT_TABLE).split()) + " "
-    for mwe in _MULTIWORD:
+    for mwe in st.multiword:
         text = text.replace(f" {mwe} ", " " + mwe.replace(" ", "_") + " ")
-    return [_PLURAL_TO_SINGULAR.get(w, w) for w in text.split() if w != "the"]
+    return [st.lemmas.get(w, w) for w in text.split() if w not in st.dropped]
 
 
-def _has_repeat(sentence: str) -> bool:
-    counts = Counter(content_words(sentence))
+def _has_repeat(sentence: str, st: "_Style") -> bool:
+    counts = Counter(_content_words(sentence, st))
     return any(c > 1 for c in counts.values())
 
 
@@ -285,7 +343,10 @@ class Template:
     ``slots`` lists ``(name, category)``; ``premise`` and ``hypothesis`` are
     :py:meth:`str.format` patterns over the slot names (the hypothesis reuses the
     premise's fillers).  ``{N.be}`` is the agreeing form of *be*, ``{V.pp}`` the
-    participle and ``{U.obj}`` the understood object.
+    participle, ``{V.past}`` the simple past and ``{U.obj}`` the understood object.
+    ``agree`` lists ``(slot, earlier_slot)``: ``slot`` is drawn among the fillers
+    whose number (``be``) equals that of ``earlier_slot``'s filler (style
+    ``"snli"`` only; the original templates have none).
     """
 
     name: str
@@ -296,6 +357,7 @@ class Template:
     premise: str
     hypothesis: str
     weight: float = 1.0
+    agree: tuple[tuple[str, str], ...] = ()
 
     def render(self, fillers: dict[str, _Filler]) -> tuple[str, str]:
         return _finish(self.premise.format(**fillers)), _finish(self.hypothesis.format(**fillers))
@@ -419,15 +481,20 @@ for _s in "it":
     _add("ce_adverb", f"D:adv_ent {_sl}", f"{{D}} {_c}", _c)
 
 
-def _build_templates() -> tuple[Template, ...]:
+def _build_templates(raw: list[tuple], categories: dict, prefix: str = "temp") -> tuple[Template, ...]:
     out = []
-    for i, (subcase, slots, premise, hypothesis, weight) in enumerate(_RAW, start=1):
+    for i, (subcase, slots, premise, hypothesis, weight, *rest) in enumerate(raw, start=1):
         slot_pairs = tuple(tuple(s.split(":")) for s in slots.split())
         for _, cat in slot_pairs:
-            if cat not in _CATEGORIES:  # pragma: no cover - definition error
+            if cat not in categories:  # pragma: no cover - definition error
                 raise KeyError(f"unknown slot category {cat!r} in {subcase}")
+        agree = tuple(tuple(a.split("=")) for a in (rest[0] if rest else "").split())
+        names = [n for n, _ in slot_pairs]
+        for a, b in agree:  # the partner must be drawn first
+            if a not in names or b not in names or names.index(b) >= names.index(a):  # pragma: no cover
+                raise KeyError(f"bad agreement {a}={b} in {subcase}")
         out.append(Template(
-            name=f"temp{i}",
+            name=f"{prefix}{i}",
             heuristic=_HEURISTIC_OF_PREFIX[subcase[0]],
             label=ENTAILMENT if subcase[1] == "e" else NON_ENTAILMENT,
             subcase=subcase,
@@ -435,12 +502,13 @@ def _build_templates() -> tuple[Template, ...]:
             premise=premise,
             hypothesis=hypothesis,
             weight=float(weight),
+            agree=agree,
         ))
     return tuple(out)
 
 
-#: All templates, in definition order (``template`` column = ``Template.name``).
-TEMPLATES: tuple[Template, ...] = _build_templates()
+#: All templates of style ``"original"``, in definition order (``template`` column = ``Template.name``).
+TEMPLATES: tuple[Template, ...] = _build_templates(_RAW, _CATEGORIES)
 
 _SUBCASE_NAMES = {
     "lexical_overlap": {
@@ -485,15 +553,335 @@ assert len(SUBCASE_LIST) == 30 and all(_TEMPLATES_BY_SUBCASE.values())
 assert {t.subcase for t in TEMPLATES} == set(_TEMPLATES_BY_SUBCASE)
 
 
-def subcase_capacity(subcase: str) -> int:
+# --------------------------------------------------------------------------- #
+# Style "snli": SNLI-like vocabulary and sentence shapes (our own lists)
+# --------------------------------------------------------------------------- #
+
+# (singular, plural) people and animals
+_SNLI_NOUNS = (
+    ("man", "men"),
+    ("woman", "women"),
+    ("boy", "boys"),
+    ("girl", "girls"),
+    ("child", "children"),
+    ("dog", "dogs"),
+    ("worker", "workers"),
+    ("player", "players"),
+    ("crowd", "crowds"),
+    ("person", "people"),
+    ("cyclist", "cyclists"),
+    ("musician", "musicians"),
+    ("dancer", "dancers"),
+    ("skier", "skiers"),
+    ("lady", "ladies"),
+    ("photographer", "photographers"),
+)
+
+# (present participle, simple past, passive participle); past == participle for all,
+# so that the simple-past hypotheses of the passive subcases overlap fully
+_SNLI_TRANSITIVE = (
+    ("holding", "held", "held"),
+    ("watching", "watched", "watched"),
+    ("following", "followed", "followed"),
+    ("chasing", "chased", "chased"),
+    ("helping", "helped", "helped"),
+    ("pushing", "pushed", "pushed"),
+    ("pulling", "pulled", "pulled"),
+    ("hugging", "hugged", "hugged"),
+    ("kissing", "kissed", "kissed"),
+    ("carrying", "carried", "carried"),
+    ("greeting", "greeted", "greeted"),
+    ("photographing", "photographed", "photographed"),
+    ("feeding", "fed", "fed"),
+    ("calling", "called", "called"),
+    ("touching", "touched", "touched"),
+    ("filming", "filmed", "filmed"),
+    ("lifting", "lifted", "lifted"),
+    ("passing", "passed", "passed"),
+)
+
+# intransitive verb phrases, some with an everyday place
+_SNLI_INTRANSITIVE = (
+    "running", "sleeping", "dancing", "smiling", "laughing", "jumping", "waiting",
+    "running on the beach", "walking down the street", "sitting on a bench",
+    "swimming in the lake", "playing in the park", "standing in the rain",
+    "sitting on the grass", "waiting at the bus stop", "sleeping on the couch",
+    "dancing on the stage", "walking in the snow",
+)
+
+# (3rd singular, plural) present-tense verbs taking a noun phrase or a clause:
+# "The woman sees the man (is running)."
+_SNLI_NP_S_VERBS = (
+    ("knows", "know"), ("sees", "see"), ("hears", "hear"), ("notices", "notice"),
+    ("remembers", "remember"), ("forgets", "forget"), ("believes", "believe"),
+    ("understands", "understand"),
+)
+
+# optionally transitive verbs for the NP/Z garden path: "While the man is eating the dog ..."
+_SNLI_NP_Z_VERBS = ("eating", "leaving", "drawing", "painting", "reading", "cooking", "visiting", "writing")
+_SNLI_NP_Z_SUBORDINATORS = ("while", "when", "as", "because", "although", "since", "whenever")
+
+_SNLI_PREPOSITIONS = ("next to", "in front of", "across from", "behind", "near", "beside", "with")
+
+_SNLI_ADJECTIVES = (
+    "young", "old", "little", "happy", "tall", "tired",
+    "wet", "excited", "barefoot", "busy", "small", "blond",
+)
+
+_SNLI_ENTAILING_ADVERBS = ("clearly", "certainly", "definitely", "obviously", "undoubtedly", "evidently")
+_SNLI_NON_ENTAILING_ADVERBS = ("probably", "maybe", "perhaps", "possibly", "supposedly", "hopefully",
+                               "presumably")
+
+_SNLI_NON_ENTAILING_SUBORDINATORS = ("if", "unless")
+_SNLI_ENTAILING_SUBORDINATORS = ("since", "because", "although", "while")
+
+# (3rd singular, plural) clause-embedding verbs (followed by "that"): factive / not factive
+_SNLI_ENTAILING_EMBEDDING_VERBS = (
+    ("knows", "know"), ("realizes", "realize"), ("notices", "notice"), ("remembers", "remember"),
+    ("forgets", "forget"), ("sees", "see"), ("discovers", "discover"),
+)
+_SNLI_NON_ENTAILING_EMBEDDING_VERBS = (
+    ("thinks", "think"), ("believes", "believe"), ("hopes", "hope"), ("says", "say"),
+    ("claims", "claim"), ("assumes", "assume"), ("suspects", "suspect"), ("fears", "fear"),
+)
+
+# (present participle, understood object taking "a"): "The man is eating (a sandwich)."
+_SNLI_UNDERSTOOD_OBJECT = (
+    ("eating", "sandwich"),
+    ("reading", "book"),
+    ("drinking", "coffee"),
+    ("painting", "picture"),
+    ("riding", "bike"),
+    ("writing", "letter"),
+    ("cooking", "meal"),
+    ("singing", "song"),
+    ("surfing", "wave"),
+    ("climbing", "rock"),
+    ("smoking", "cigarette"),
+    ("knitting", "scarf"),
+)
+
+#: Public, read-only view of the word lists of style ``"snli"`` (same keys as :data:`VOCAB`;
+#: ``transitive_verbs`` are ``(present participle, past, participle)``, ``np_s_verbs`` and
+#: the embedding verbs ``(3rd singular, plural)``, ``intransitive_verbs`` whole phrases).
+SNLI_VOCAB = {
+    "nouns": _SNLI_NOUNS,
+    "transitive_verbs": _SNLI_TRANSITIVE,
+    "intransitive_verbs": _SNLI_INTRANSITIVE,
+    "np_s_verbs": _SNLI_NP_S_VERBS,
+    "np_z_verbs": _SNLI_NP_Z_VERBS,
+    "np_z_subordinators": _SNLI_NP_Z_SUBORDINATORS,
+    "prepositions": _SNLI_PREPOSITIONS,
+    "adjectives": _SNLI_ADJECTIVES,
+    "relativizers": _RELATIVIZERS,
+    "entailing_adverbs": _SNLI_ENTAILING_ADVERBS,
+    "non_entailing_adverbs": _SNLI_NON_ENTAILING_ADVERBS,
+    "entailing_subordinators": _SNLI_ENTAILING_SUBORDINATORS,
+    "non_entailing_subordinators": _SNLI_NON_ENTAILING_SUBORDINATORS,
+    "entailing_embedding_verbs": _SNLI_ENTAILING_EMBEDDING_VERBS,
+    "non_entailing_embedding_verbs": _SNLI_NON_ENTAILING_EMBEDDING_VERBS,
+    "understood_object_verbs": _SNLI_UNDERSTOOD_OBJECT,
+}
+
+
+def _numbered(pairs) -> tuple[_Filler, ...]:
+    """Present-tense verb forms; ``be`` marks their number (``is`` singular, ``are`` plural)."""
+    return tuple(_Filler(form, be=be) for sg, pl in pairs for form, be in ((sg, "is"), (pl, "are")))
+
+
+_SNLI_CATEGORIES: dict[str, tuple[_Filler, ...]] = {
+    "noun": tuple(
+        _Filler(form, be=be)
+        for sg, pl in _SNLI_NOUNS
+        for form, be in ((sg, "is"), (pl, "are"))
+    ),
+    "noun_pl": tuple(_Filler(pl, be="are") for _, pl in _SNLI_NOUNS),
+    "vt": tuple(_Filler(ing, pp=pp, past=past) for ing, past, pp in _SNLI_TRANSITIVE),
+    "vt_reg": tuple(_Filler(ing, pp=pp, past=past) for ing, past, pp in _SNLI_TRANSITIVE if past == pp),
+    "vi": _words(_SNLI_INTRANSITIVE),
+    "v_nps": _numbered(_SNLI_NP_S_VERBS),
+    "v_npz": _words(_SNLI_NP_Z_VERBS),
+    "sub_npz": _words(_SNLI_NP_Z_SUBORDINATORS),
+    "prep": _words(_SNLI_PREPOSITIONS),
+    "adj": _words(_SNLI_ADJECTIVES),
+    "rel": _words(_RELATIVIZERS),
+    "adv_ent": _words(_SNLI_ENTAILING_ADVERBS),
+    "adv_nonent": _words(_SNLI_NON_ENTAILING_ADVERBS),
+    "sub_ent": _words(_SNLI_ENTAILING_SUBORDINATORS),
+    "sub_nonent": _words(_SNLI_NON_ENTAILING_SUBORDINATORS),
+    "vemb_ent": _numbered(_SNLI_ENTAILING_EMBEDDING_VERBS),
+    "vemb_nonent": _numbered(_SNLI_NON_ENTAILING_EMBEDDING_VERBS),
+    "v_uo": tuple(_Filler(v, obj=o) for v, o in _SNLI_UNDERSTOOD_OBJECT),
+}
+
+# no-repeat rule of style "snli": every vocabulary form -> one form per word
+_SNLI_LEMMAS: dict[str, str] = {pl: sg for sg, pl in _SNLI_NOUNS}
+_SNLI_LEMMAS.update({f: ing for ing, past, pp in _SNLI_TRANSITIVE for f in (past, pp)})
+for _pairs in (_SNLI_NP_S_VERBS, _SNLI_ENTAILING_EMBEDDING_VERBS, _SNLI_NON_ENTAILING_EMBEDDING_VERBS):
+    _SNLI_LEMMAS.update({pl: sg for sg, pl in _pairs})
+_SNLI_MULTIWORD = tuple(sorted((p for p in _SNLI_PREPOSITIONS if " " in p), key=len, reverse=True))
+_SNLI_DROPPED = frozenset({"the", "a", "is", "are"})
+
+# (subcase, slots, premise, hypothesis, weight, agreements "SLOT=EARLIER ...")
+_SNLI_RAW: list[tuple] = []
+
+
+def _add_snli(subcase: str, slots: str, premise: str, hypothesis: str, agree: str = "") -> None:
+    _SNLI_RAW.append((subcase, slots, premise, hypothesis, 1.0, agree))
+
+
+_S_REL_SUBJ = ("N1:noun R:rel V1:vt N2:noun V2:vt N3:noun",
+               "the {N1} {R} {N1.be} {V1} the {N2} {N1.be} {V2} the {N3}")
+_S_REL_OBJ = ("N1:noun R:rel N2:noun V1:vt V2:vt N3:noun",
+              "the {N1} {R} the {N2} {N2.be} {V1} {N1.be} {V2} the {N3}")
+_S_PP = ("N1:noun P:prep N2:noun V:vt N3:noun", "the {N1} {P} the {N2} {N1.be} {V} the {N3}")
+_S_PASSIVE = ("N1:noun V:vt_reg N2:noun", "the {N1} {N1.be} being {V.pp} by the {N2}")
+
+# ---- lexical overlap: non-entailment ------------------------------------- #
+_add_snli("ln_subject/object_swap", "N1:noun V:vt N2:noun",
+          "the {N1} {N1.be} {V} the {N2}", "the {N2} {N2.be} {V} the {N1}", "N2=N1")
+_add_snli("ln_preposition", *_S_PP, "the {N3} {N3.be} {V} the {N2}", "N3=N1")
+_add_snli("ln_relative_clause", *_S_REL_SUBJ, "the {N2} {N2.be} {V2} the {N1}", "N2=N1")
+_add_snli("ln_relative_clause", *_S_REL_OBJ, "the {N2} {N2.be} {V2} the {N3}")
+_add_snli("ln_passive", *_S_PASSIVE, "the {N1} {V.past} the {N2}")
+_add_snli("ln_conjunction", "N1:noun V:vt N2:noun N3:noun",
+          "the {N1} {N1.be} {V} the {N2} and the {N3}", "the {N2} {N2.be} {V} the {N3}", "N2=N1")
+_add_snli("ln_conjunction", "N1:noun N2:noun V:vt N3:noun_pl",
+          "the {N1} and the {N2} are {V} the {N3}", "the {N3} are {V} the {N2}")
+
+# ---- lexical overlap: entailment ----------------------------------------- #
+_add_snli("le_relative_clause", *_S_REL_OBJ, "the {N2} {N2.be} {V1} the {N1}")
+_add_snli("le_relative_clause", *_S_REL_SUBJ, "the {N1} {N1.be} {V1} the {N2}")
+_add_snli("le_around_prepositional_phrase", *_S_PP, "the {N1} {N1.be} {V} the {N3}")
+_add_snli("le_around_relative_clause", *_S_REL_OBJ, "the {N1} {N1.be} {V2} the {N3}")
+_add_snli("le_around_relative_clause", *_S_REL_SUBJ, "the {N1} {N1.be} {V2} the {N3}")
+_add_snli("le_conjunction", "N1:noun N2:noun_pl V:vt N3:noun",
+          "the {N1} and the {N2} are {V} the {N3}", "the {N2} are {V} the {N3}")
+_add_snli("le_conjunction", "N1:noun V:vt N2:noun N3:noun",
+          "the {N1} {N1.be} {V} the {N2} and the {N3}", "the {N1} {N1.be} {V} the {N3}")
+_add_snli("le_passive", *_S_PASSIVE, "the {N2} {V.past} the {N1}")
+
+# ---- subsequence: non-entailment ----------------------------------------- #
+_add_snli("sn_NP/S", "N1:noun S:v_nps N2:noun V:vt N3:noun",
+          "the {N1} {S} the {N2} {N2.be} {V} the {N3}", "the {N1} {S} the {N2}", "S=N1")
+_add_snli("sn_NP/S", "N1:noun S:v_nps N2:noun V:vi",
+          "the {N1} {S} the {N2} {N2.be} {V}", "the {N1} {S} the {N2}", "S=N1")
+_add_snli("sn_PP_on_subject", "N1:noun P:prep N2:noun V:vi",
+          "the {N1} {P} the {N2} {N1.be} {V}", "the {N2} {N2.be} {V}", "N2=N1")
+_add_snli("sn_PP_on_subject", *_S_PP, "the {N2} {N2.be} {V} the {N3}", "N2=N1")
+_add_snli("sn_relative_clause_on_subject", *_S_REL_SUBJ, "the {N2} {N2.be} {V2} the {N3}", "N2=N1")
+_add_snli("sn_relative_clause_on_subject", "N1:noun R:rel V1:vt N2:noun V2:vi",
+          "the {N1} {R} {N1.be} {V1} the {N2} {N1.be} {V2}", "the {N2} {N2.be} {V2}", "N2=N1")
+_add_snli("sn_past_participle", "N1:noun V1:vt_reg N2:noun V2:vi",
+          "the {N1} {V1.pp} by the {N2} {N1.be} {V2}", "the {N2} {N2.be} {V2}", "N2=N1")
+_add_snli("sn_past_participle", "N1:noun V1:vt_reg N2:noun V2:vt N3:noun",
+          "the {N1} {V1.pp} by the {N2} {N1.be} {V2} the {N3}", "the {N2} {N2.be} {V2} the {N3}", "N2=N1")
+_add_snli("sn_NP/Z", "C:sub_npz N1:noun Z:v_npz N2:noun V:vt N3:noun",
+          "{C} the {N1} {N1.be} {Z} the {N2} {N2.be} {V} the {N3}", "the {N1} {N1.be} {Z} the {N2}")
+_add_snli("sn_NP/Z", "C:sub_npz N1:noun Z:v_npz N2:noun V:vi",
+          "{C} the {N1} {N1.be} {Z} the {N2} {N2.be} {V}", "the {N1} {N1.be} {Z} the {N2}")
+
+# ---- subsequence: entailment --------------------------------------------- #
+_add_snli("se_conjunction", "N1:noun N2:noun_pl V:vi",
+          "the {N1} and the {N2} are {V}", "the {N2} are {V}")
+_add_snli("se_conjunction", "N1:noun V:vt N2:noun N3:noun",
+          "the {N1} {N1.be} {V} the {N2} and the {N3}", "the {N1} {N1.be} {V} the {N2}")
+_add_snli("se_adjective", "A:adj N1:noun_pl V:vt N2:noun",
+          "{A} {N1} are {V} the {N2}", "{N1} are {V} the {N2}")
+_add_snli("se_adjective", "A:adj N1:noun_pl V:vi",
+          "{A} {N1} are {V}", "{N1} are {V}")
+_add_snli("se_understood_object", "N1:noun U:v_uo",
+          "the {N1} {N1.be} {U} a {U.obj}", "the {N1} {N1.be} {U}")
+_add_snli("se_relative_clause_on_obj", "N1:noun V1:vt N2:noun R:rel V2:vt N3:noun",
+          "the {N1} {N1.be} {V1} the {N2} {R} {N2.be} {V2} the {N3}", "the {N1} {N1.be} {V1} the {N2}")
+_add_snli("se_relative_clause_on_obj", "N1:noun V1:vt N2:noun R:rel V2:vi",
+          "the {N1} {N1.be} {V1} the {N2} {R} {N2.be} {V2}", "the {N1} {N1.be} {V1} the {N2}")
+_add_snli("se_PP_on_obj", "N1:noun V:vt N2:noun P:prep N3:noun",
+          "the {N1} {N1.be} {V} the {N2} {P} the {N3}", "the {N1} {N1.be} {V} the {N2}")
+
+
+# ---- constituent ---------------------------------------------------------- #
+def _snli_clause(shape: str, tag: str) -> tuple[str, str]:
+    """Slots and text of a progressive clause: ``i`` intransitive, ``t`` transitive."""
+    if shape == "i":
+        return f"{tag}N:noun {tag}V:vi", f"the {{{tag}N}} {{{tag}N.be}} {{{tag}V}}"
+    return (f"{tag}N:noun {tag}V:vt {tag}O:noun",
+            f"the {{{tag}N}} {{{tag}N.be}} {{{tag}V}} the {{{tag}O}}")
+
+
+for _s1, _s2 in product("it", repeat=2):
+    (_sl1, _c1), (_sl2, _c2) = _snli_clause(_s1, "a"), _snli_clause(_s2, "b")
+    _add_snli("cn_embedded_under_if", f"C:sub_nonent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c1)
+    _add_snli("cn_after_if_clause", f"C:sub_nonent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c2)
+    _add_snli("ce_embedded_under_since", f"C:sub_ent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c1)
+    _add_snli("ce_after_since_clause", f"C:sub_ent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c2)
+    for _hyp in (_c1, _c2):
+        _add_snli("cn_disjunction", f"{_sl1} {_sl2}", f"{_c1}, or {_c2}", _hyp)
+        _add_snli("ce_conjunction", f"{_sl1} {_sl2}", f"{_c1}, and {_c2}", _hyp)
+
+for _s in "it":
+    _sl, _c = _snli_clause(_s, "a")
+    _add_snli("cn_embedded_under_verb", f"M:noun E:vemb_nonent {_sl}", f"the {{M}} {{E}} that {_c}", _c, "E=M")
+    _add_snli("ce_embedded_under_verb", f"M:noun E:vemb_ent {_sl}", f"the {{M}} {{E}} that {_c}", _c, "E=M")
+    _add_snli("cn_adverb", f"D:adv_nonent {_sl}", f"{{D}} {_c}", _c)
+    _add_snli("ce_adverb", f"D:adv_ent {_sl}", f"{{D}} {_c}", _c)
+
+#: All templates of style ``"snli"`` (``template`` column = ``Template.name``, ``snli_temp<i>``).
+SNLI_TEMPLATES: tuple[Template, ...] = _build_templates(_SNLI_RAW, _SNLI_CATEGORIES, prefix="snli_temp")
+assert {t.subcase for t in SNLI_TEMPLATES} == set(_TEMPLATES_BY_SUBCASE)
+
+#: style -> its word lists / its templates
+STYLE_VOCAB = {"original": VOCAB, "snli": SNLI_VOCAB}
+STYLE_TEMPLATES = {"original": TEMPLATES, "snli": SNLI_TEMPLATES}
+
+
+@dataclass(frozen=True)
+class _Style:
+    """Everything that differs between styles."""
+
+    name: str
+    categories: dict
+    by_subcase: dict
+    lemmas: dict
+    multiword: tuple
+    dropped: frozenset
+    id_offset: int
+
+
+def _make_style(name: str, categories: dict, templates: tuple, lemmas: dict, multiword: tuple,
+                dropped: frozenset, id_offset: int) -> _Style:
+    by_subcase = {s: tuple(t for t in templates if t.subcase == s) for _, _, s in SUBCASE_LIST}
+    return _Style(name, categories, by_subcase, lemmas, multiword, dropped, id_offset)
+
+
+_STYLES = {
+    "original": _make_style("original", _CATEGORIES, TEMPLATES, _PLURAL_TO_SINGULAR, _MULTIWORD,
+                            frozenset({"the"}), 0),
+    "snli": _make_style("snli", _SNLI_CATEGORIES, SNLI_TEMPLATES, _SNLI_LEMMAS, _SNLI_MULTIWORD,
+                        _SNLI_DROPPED, SNLI_ID_OFFSET),
+}
+assert tuple(_STYLES) == STYLES
+
+
+def _get_style(style) -> _Style:
+    if not isinstance(style, str):
+        raise InvalidParameterError(f"style must be a string, one of {list(STYLES)}; got {style!r}")
+    try:
+        return _STYLES[style]
+    except KeyError:
+        raise UnknownNameError(f"unknown style {style!r}; choose from {list(STYLES)}") from None
+
+
+def subcase_capacity(subcase: str, style: str = "original") -> int:
     """Upper bound on the number of distinct pairs a subcase can produce
     (sum over its templates of the product of slot-category sizes; fillers that
-    break the no-repeat rule are not subtracted)."""
+    break the no-repeat rule or an agreement constraint are not subtracted)."""
+    st = _get_style(style)
     total = 0
-    for t in _TEMPLATES_BY_SUBCASE[subcase]:
+    for t in st.by_subcase[subcase]:
         k = 1
         for _, cat in t.slots:
-            k *= len(_CATEGORIES[cat])
+            k *= len(st.categories[cat])
         total += k
     return total
 
@@ -513,10 +901,10 @@ def _max_attempts(n: int) -> int:
     return 50 * n + 5_000
 
 
-def _sample_subcase(subcase_index: int, n: int, seed: int, split: str | None) -> list[tuple]:
+def _sample_subcase(subcase_index: int, n: int, seed: int, split: str | None, st: _Style) -> list[tuple]:
     heuristic, label, subcase = SUBCASE_LIST[subcase_index]
-    templates = _TEMPLATES_BY_SUBCASE[subcase]
-    capacity = subcase_capacity(subcase)
+    templates = st.by_subcase[subcase]
+    capacity = subcase_capacity(subcase, st.name)
     if n > capacity:
         raise ValueError(
             f"n_per_subcase={n} is unattainable for subcase {subcase!r}: its templates "
@@ -539,13 +927,17 @@ def _sample_subcase(subcase_index: int, n: int, seed: int, split: str | None) ->
             )
         attempts += 1
         t = templates[int(rng.choice(len(templates), p=weights))] if len(templates) > 1 else templates[0]
+        agree = dict(t.agree)
         fillers = {}
         for name, cat in t.slots:
-            options = _CATEGORIES[cat]
+            options = st.categories[cat]
+            if name in agree:  # same number as the partner slot (style "snli" only)
+                number = fillers[agree[name]].be
+                options = tuple(f for f in options if f.be == number)
             fillers[name] = options[int(rng.integers(len(options)))]
         premise, hypothesis = t.render(fillers)
         key = (premise, hypothesis)
-        if key in seen or _has_repeat(premise):
+        if key in seen or _has_repeat(premise, st):
             continue
         if split is not None and _split_of(premise) != split:
             continue
@@ -592,25 +984,27 @@ def _frame(records: list[tuple]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _generate(n: int, seed: int, heuristics, split: str | None, id_offset: int) -> pd.DataFrame:
+def _generate(n: int, seed: int, heuristics, split: str | None, id_offset: int,
+              st: _Style | None = None) -> pd.DataFrame:
+    st = _STYLES["original"] if st is None else st
     wanted = set(_normalize_heuristics(heuristics))
     for _, _, subcase in SUBCASE_LIST:  # fail fast, before any sampling
-        if _HEURISTIC_OF_PREFIX[subcase[0]] in wanted and n > subcase_capacity(subcase):
+        if _HEURISTIC_OF_PREFIX[subcase[0]] in wanted and n > subcase_capacity(subcase, st.name):
             raise ValueError(
                 f"n_per_subcase={n} is unattainable for subcase {subcase!r}: its templates "
-                f"yield at most {subcase_capacity(subcase)} distinct examples; use a smaller "
+                f"yield at most {subcase_capacity(subcase, st.name)} distinct examples; use a smaller "
                 "n_per_subcase."
             )
     records = []
     for idx, (heuristic, _, _) in enumerate(SUBCASE_LIST):
         if heuristic not in wanted:
             continue
-        for k, row in enumerate(_sample_subcase(idx, n, seed, split)):
-            records.append((id_offset + idx * _ID_STRIDE + k, *row))
+        for k, row in enumerate(_sample_subcase(idx, n, seed, split, st)):
+            records.append((st.id_offset + id_offset + idx * _ID_STRIDE + k, *row))
     return _frame(records)
 
 
-def generate(n_per_subcase: int = 100, seed: int = 0, heuristics=None) -> pd.DataFrame:
+def generate(n_per_subcase: int = 100, seed: int = 0, heuristics=None, style: str = "original") -> pd.DataFrame:
     """Generate a HANS-style NLI diagnostic set (our templates, not the real HANS).
 
     Parameters
@@ -624,16 +1018,73 @@ def generate(n_per_subcase: int = 100, seed: int = 0, heuristics=None) -> pd.Dat
     heuristics:
         ``None`` (all), a heuristic name, or an iterable of names from
         :data:`HEURISTICS`.
+    style:
+        ``"original"`` (default; HANS-like vocabulary, simple past) or ``"snli"``
+        (SNLI-like people, animals, places, present progressive); see the module
+        docstring.  Both give the same subcases, labels and guarantees.  Raises
+        :class:`~repro.errors.UnknownNameError` for another name.
 
     Returns
     -------
     pandas.DataFrame with columns ``id, premise, hypothesis, label, heuristic,
     subcase, template``; ``label`` is 0 (entailment) or 1 (non-entailment).  The
-    ``id`` of the k-th example of subcase i is ``i * 30000 + k``, so ids are
-    unique, below 1e6, and do not depend on ``heuristics``.  Rows are ordered as
+    ``id`` of the k-th example of subcase i is ``i * 30000 + k`` (plus
+    :data:`SNLI_ID_OFFSET` for style ``"snli"``), so ids are unique, below 1e6
+    (style ``"original"``) or in ``[SNLI_ID_OFFSET, SNLI_ID_OFFSET + 1e6)``
+    (style ``"snli"``), and do not depend on ``heuristics``.  Rows are ordered as
     :data:`SUBCASE_LIST`.
     """
-    return _generate(_check_n(n_per_subcase), _check_seed(seed), heuristics, None, 0)
+    st = _get_style(style)
+    return _generate(_check_n(n_per_subcase), _check_seed(seed), heuristics, None, 0, st)
+
+
+def identity_pairs(n: int = 300, seed: int = 0, style: str = "original",
+                   split: str | None = None) -> pd.DataFrame:
+    """Premises of ``style`` repeated word for word as hypotheses (label entailment).
+
+    A sanity check that a model can read a style at all: an NLI model that reads
+    the sentences calls (almost) every such pair entailment.
+
+    The premises are the first ``n`` distinct premises of :func:`generate`
+    (``seed``, ``style``; restricted to the premises of ``split`` -- ``None``,
+    ``"evaluation"`` or ``"train"`` -- as in :func:`load_hans`) taken round-robin
+    over the 30 subcases (first example of every subcase, then the second, ...),
+    so all templates are represented.  Deterministic per ``seed``.
+
+    Returns the :data:`COLUMNS` frame with ``hypothesis == premise``, ``label`` 0,
+    ``heuristic`` and ``subcase`` ``"identity"`` and ``template`` the name of the
+    template the premise came from.  ``id`` is ``IDENTITY_ID_OFFSET + k`` plus
+    the style's offset (:data:`SNLI_ID_OFFSET` for ``"snli"``) plus
+    :data:`TRAIN_ID_OFFSET` for ``split="train"``: it collides with no id of
+    :func:`generate` / :func:`load_hans`.  ``n`` is at most 100,000.
+    """
+    st = _get_style(style)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= _MAX_IDENTITY:
+        raise InvalidParameterError(f"n must be an int in [0, {_MAX_IDENTITY}], got {n!r}")
+    n, seed = int(n), _check_seed(seed)
+    split_key = None if split is None else _split_key(split)
+    offset = IDENTITY_ID_OFFSET + (TRAIN_ID_OFFSET if split_key == "train" else 0)
+    k = max(1, -(-n // len(SUBCASE_LIST)))
+    while True:
+        try:
+            df = _generate(k, seed, None, split_key, 0, st)
+        except ValueError as exc:
+            raise InvalidParameterError(
+                f"cannot find n={n} distinct premises of style {style!r}"
+                f"{'' if split_key is None else f' in split {split_key!r}'}: {exc}"
+            ) from None
+        local = df["id"] - st.id_offset
+        order = np.lexsort((local // _ID_STRIDE, local % _ID_STRIDE))  # round-robin over subcases
+        df = df.iloc[order].drop_duplicates("premise")
+        if len(df) >= n:
+            break
+        k *= 2
+    df = df.head(n)
+    records = [
+        (st.id_offset + offset + i, p, p, ENTAILMENT, "identity", "identity", t)
+        for i, (p, t) in enumerate(zip(df["premise"], df["template"]))
+    ]
+    return _frame(records)
 
 
 # --------------------------------------------------------------------------- #
@@ -705,8 +1156,16 @@ def _load_hub(split: str, n_per_subcase) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def _split_key(split) -> str:
+    split_key = {"evaluation": "evaluation", "validation": "evaluation", "eval": "evaluation",
+                 "train": "train"}.get(split) if isinstance(split, str) else None
+    if split_key is None:
+        raise ValueError(f"split must be 'evaluation' or 'train', got {split!r}")
+    return split_key
+
+
 def load_hans(split: str = "evaluation", n_per_subcase: int | None = None, seed: int = 0,
-              source: str = "auto") -> pd.DataFrame:
+              source: str = "auto", style: str = "original") -> pd.DataFrame:
     """Load a HANS-style split (generated, default) or the real HANS (``source="hub"``).
 
     Parameters
@@ -726,25 +1185,34 @@ def load_hans(split: str = "evaluation", n_per_subcase: int | None = None, seed:
         back to ``"jhu-cogsci/hans"``); our ``"evaluation"`` maps to its
         ``"validation"`` split; ``id`` is the row index;
         ``"auto"`` -- the same as ``"generated"`` (never touches the network).
+    style:
+        Generator style, ``"original"`` (default) or ``"snli"`` (see
+        :func:`generate`).  The real HANS has one style only: ``source="hub"``
+        with ``style="snli"`` raises :class:`~repro.errors.InvalidParameterError`.
 
     The generated splits are disjoint: every premise is assigned to exactly one
     split by a stable hash of its text, and each split keeps only its own
     premises, so no (premise, hypothesis) pair -- indeed no premise -- occurs in
     both, whatever ``seed`` and ``n_per_subcase`` each side uses.  Evaluation ids
-    lie in ``[0, 1e6)``; train ids are offset by :data:`TRAIN_ID_OFFSET`.
+    lie in ``[0, 1e6)``; train ids are offset by :data:`TRAIN_ID_OFFSET`; style
+    ``"snli"`` adds :data:`SNLI_ID_OFFSET` to both.
 
     Raises :class:`HubUnavailableError` when ``source="hub"`` and the Hub
     cannot be reached (checked with a 3 s connection probe unless
     ``HF_HUB_OFFLINE`` is set) or the load fails.
     """
-    split_key = {"evaluation": "evaluation", "validation": "evaluation", "eval": "evaluation",
-                 "train": "train"}.get(split)
-    if split_key is None:
-        raise ValueError(f"split must be 'evaluation' or 'train', got {split!r}")
+    split_key = _split_key(split)
     if source not in ("auto", "generated", "hub"):
         raise ValueError(f"source must be 'auto', 'generated' or 'hub', got {source!r}")
+    st = _get_style(style)
     if source == "hub":
+        if st.name != "original":
+            raise InvalidParameterError(
+                f"style={style!r} exists only for generated data: the real HANS (source='hub') "
+                "has its own sentences; use source='generated' (or 'auto') for style "
+                f"{style!r}, or style='original' with source='hub'."
+            )
         return _load_hub(split_key, n_per_subcase)
     n = DEFAULT_N_PER_SUBCASE if n_per_subcase is None else _check_n(n_per_subcase)
     offset = 0 if split_key == "evaluation" else TRAIN_ID_OFFSET
-    return _generate(n, _check_seed(seed), None, split_key, offset)
+    return _generate(n, _check_seed(seed), None, split_key, offset, st)
