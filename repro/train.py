@@ -67,6 +67,14 @@ class TrainConfig:
     ``schedule``: ``constant``, ``linear`` (warm-up then linear decay to 0), ``cosine`` (warm-up then
     cosine to 0) or ``step`` (multiply by ``gamma`` at each epoch in ``milestones``).
     ``amp``: bf16 autocast; ``None`` means on for CUDA, off on CPU.
+    ``group_by_length``: text only: mini-batches of examples of similar length (like the Hugging
+    Face Trainer's option), which trim to less padding and so cost less; each epoch's seeded
+    permutation is cut into mega-batches of ``length_group_batches * batch_size`` examples, each
+    sorted by length and cut into mini-batches, which are then seeded-shuffled (see
+    :meth:`repro.data.core.Batch.length_grouped_order`). Still deterministic given the seed, every
+    example once per epoch, resumable. Off by default (the plain permutation; a run record written
+    without the option stays identical). Inputs without an ``attention_mask`` raise
+    :class:`repro.errors.InvalidParameterError`.
     """
 
     epochs: int = 3
@@ -88,8 +96,14 @@ class TrainConfig:
     amp: bool | None = None
     max_grad_norm: float | None = None
     progress: bool = True
+    group_by_length: bool = False
+    length_group_batches: int = 50
 
     def __post_init__(self):
+        if not isinstance(self.group_by_length, bool):
+            raise InvalidParameterError(f"TrainConfig.group_by_length must be True or False, got "
+                                        f"{self.group_by_length!r}")
+        self.length_group_batches = as_positive_int("TrainConfig.length_group_batches", self.length_group_batches)
         if self.optimizer not in OPTIMIZERS:
             raise UnknownNameError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
@@ -119,7 +133,12 @@ class TrainConfig:
         self.milestones = [as_int("TrainConfig.milestones[]", m) for m in self.milestones]
 
     def to_dict(self) -> dict:
+        """The config as JSON-able values (the run record's ``config``). Without ``group_by_length``
+        its two keys are left out, so records of runs made before the option existed still match."""
         d = dataclasses.asdict(self)
+        if not self.group_by_length:
+            d.pop("group_by_length")
+            d.pop("length_group_batches")
         d["milestones"] = list(self.milestones)
         if not isinstance(self.checkpoint_epochs, str):
             d["checkpoint_epochs"] = list(self.checkpoint_epochs)
@@ -439,6 +458,15 @@ class Trainer:
             return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
 
+    def _epoch_batches(self, train: Batch, epoch: int):
+        """The mini-batches of ``epoch``: a function of ``(seed, epoch)`` only (resume is exact)."""
+        cfg = self.config
+        seed = cfg.seed * 7919 + epoch
+        if cfg.group_by_length:
+            return train.batches(cfg.batch_size, shuffle_seed=seed, group_by_length=True,
+                                 group_batches=cfg.length_group_batches)
+        return train.batches(cfg.batch_size, shuffle_seed=seed)
+
     def _keep_epoch(self, epoch: int) -> bool:
         ce = self.config.checkpoint_epochs
         if epoch == self.config.epochs or ce == "all":
@@ -491,6 +519,8 @@ class Trainer:
                     raise KeyError(f"{len(missing)} excluded id(s) not in the training set: {missing[:10].tolist()}")
                 train = train.exclude(exclude_ids)
         train = self._encode(train)
+        if cfg.group_by_length:
+            train.lengths()  # non-text inputs: a named error now, not at the first epoch
         masked = None
         if masked_ids is not None and len(masked_ids):
             masked = torch.as_tensor(np.asarray(list(masked_ids), dtype=np.int64))
@@ -523,7 +553,7 @@ class Trainer:
                 torch.manual_seed(cfg.seed * 1_000_003 + epoch)
                 model.train()
                 tot_loss, tot_correct, seen, lrs = 0.0, 0, 0, []
-                bar = progress(train.batches(cfg.batch_size, shuffle_seed=cfg.seed * 7919 + epoch),
+                bar = progress(self._epoch_batches(train, epoch),
                                total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
                                disable=not cfg.progress, leave=False)
                 for mb in bar:

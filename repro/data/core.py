@@ -213,9 +213,22 @@ class Batch:
         return Batch({k: v.to(device) for k, v in self.inputs.items()},
                      self.labels.to(device), self.ids.to(device))
 
-    def batches(self, batch_size: int, shuffle_seed: int | None = None):
-        """Yield mini-batches in order (or shuffled with a seeded generator)."""
+    def batches(self, batch_size: int, shuffle_seed: int | None = None, group_by_length: bool = False,
+                group_batches: int = 50):
+        """Yield mini-batches in order (or shuffled with a seeded generator).
+
+        ``group_by_length`` (needs ``shuffle_seed`` and text inputs): mini-batches of examples of
+        similar length, see :meth:`length_grouped_order`; since indexing trims padding to the longest
+        member, they cost less. Off (the default), the order is exactly the plain seeded permutation.
+        """
         n = len(self)
+        if group_by_length:
+            if shuffle_seed is None:
+                raise InvalidParameterError("group_by_length=True needs a shuffle_seed (it groups a seeded "
+                                            "permutation); without one the batches are in order anyway")
+            for index in self.length_grouped_order(batch_size, shuffle_seed, group_batches):
+                yield self[index]
+            return
         if shuffle_seed is None:
             order = torch.arange(n)
         else:
@@ -223,6 +236,42 @@ class Batch:
             order = torch.randperm(n, generator=g)
         for start in range(0, n, batch_size):
             yield self[order[start:start + batch_size]]
+
+    def lengths(self) -> torch.Tensor:
+        """Number of non-padding tokens of every example (row sums of the 2-D ``attention_mask``).
+
+        Inputs without one (images, plain tensors) raise :class:`repro.errors.InvalidParameterError`."""
+        mask = self.inputs.get("attention_mask")
+        if mask is None or mask.dim() != 2:
+            raise InvalidParameterError(
+                "grouping by length needs text inputs with a 2-D 'attention_mask' (padding = 0); these "
+                f"inputs are {sorted(self.inputs)}: turn group_by_length off for non-text data")
+        return (mask != 0).sum(1).cpu()
+
+    def length_grouped_order(self, batch_size: int, seed: int, group_batches: int = 50) -> list[torch.Tensor]:
+        """Seeded mini-batch index lists of examples of similar length (``group_by_length``).
+
+        The seeded permutation of :meth:`batches` is cut into mega-batches of ``group_batches *
+        batch_size`` examples; each mega-batch is sorted by :meth:`lengths` (longest first, ties in
+        permutation order), then cut into mini-batches of ``batch_size``; finally the mini-batches
+        are put in a seeded random order (same generator). Every example appears exactly once, there
+        are ``ceil(n / batch_size)`` mini-batches (only the very last mega-batch can end in a short
+        one), and the result depends only on ``seed``."""
+        from repro.checks import as_positive_int
+        batch_size = as_positive_int("batch_size", batch_size)
+        group_batches = as_positive_int("group_batches", group_batches)
+        lengths = self.lengths().numpy()
+        n = len(self)
+        g = torch.Generator().manual_seed(int(seed))
+        order = torch.randperm(n, generator=g).numpy()
+        mega = group_batches * batch_size
+        chunks = []
+        for start in range(0, n, mega):
+            part = order[start:start + mega]
+            part = part[np.argsort(-lengths[part], kind="stable")]
+            chunks.extend(torch.from_numpy(part[s:s + batch_size].copy()) for s in range(0, len(part), batch_size))
+        shuffle = torch.randperm(len(chunks), generator=g).tolist()
+        return [chunks[i] for i in shuffle]
 
     def exclude(self, ids, strict: bool = True) -> "Batch":
         """All rows except those with the given ids (ids not in the batch raise KeyError when strict)."""
