@@ -103,3 +103,18 @@ def test_an_exact_copy_of_the_test_example_is_a_proponent(setup, name):
     where = torch.from_numpy(train.ids == 777_777)
     assert s[where].item() > 0
     assert (s > s[where]).float().mean().item() <= 0.05  # among the top 5%
+
+
+def test_registry_builds_every_protocol_estimator_by_name(setup):
+    from repro.errors import UnknownNameError
+    from repro.influence import ESTIMATORS, estimator
+
+    model, run, train, test = setup
+    built = estimator("tracincp", model, run, params="last", progress=False).fit(train)
+    torch.testing.assert_close(built.scores(test), make("tracincp_last", model, run).fit(train).scores(test))
+    # every registered estimator but FastIF (candidate view) follows the protocol; TracIn-WE needs a
+    # text model and is checked on a Hugging Face model in test_any_model.py
+    assert all(issubclass(c, Estimator) for n, c in ESTIMATORS.items() if n != "fastif")
+    assert {c for n, c in ESTIMATORS.items() if n not in ("fastif", "tracin_we")} == {type(make(n, model, run)) for n in ALL}
+    with pytest.raises(UnknownNameError, match="known: tracincp"):
+        estimator("tracin", model, run)

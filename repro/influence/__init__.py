@@ -17,6 +17,11 @@
 Sign convention everywhere: **positive = helpful / proponent** (training on the example lowers the
 test loss). ``InfluenceFunction.paper_influence`` gives Koh & Liang's / FastIF's sign (negative =
 helpful).
+
+Every estimator but FastIF follows one protocol (:mod:`repro.influence.base`: ``fit`` / ``scores`` /
+``self_influence`` / ``top_k`` / ``train_ids``) and takes any classifier ``nn.Module``
+(:func:`repro.models.foreign.as_model`). :data:`ESTIMATORS` names them; :func:`estimator` builds one
+by name.
 """
 from repro.influence.cache import GradientCache, file_fingerprint, ids_fingerprint
 from repro.influence.grads import (Target, batch_grad, choose_method, flat_params, grad_dim,
@@ -31,8 +36,31 @@ from repro.influence.lastlayer import LastLayerInfluence, RepresenterPoints
 from repro.influence.turnover import TurnOverInfluence
 from repro.influence.tracin_we import (TokenGrads, TracInWE, cancellation_ratio, cancellation_ratio_from_grads,
                                        position_grads, sparse_dot, token_grads, word_embedding_module)
+from repro.influence.base import Estimator, TopK
 
-__all__ = ["TokenGrads", "TracInWE", "cancellation_ratio", "cancellation_ratio_from_grads", "position_grads",
+#: The estimators by name (configuration in their constructors, data in ``fit``).
+ESTIMATORS = {
+    "tracincp": TracInCP,
+    "tracin_we": TracInWE,
+    "influence_function": InfluenceFunction,
+    "fastif": FastIF,
+    "last_layer_influence": LastLayerInfluence,
+    "representer_points": RepresenterPoints,
+    "turnover": TurnOverInfluence,
+}
+
+
+def estimator(name: str, *args, **config):
+    """``ESTIMATORS[name](*args, **config)``: e.g. ``estimator("tracincp", model, ckpts, params="last")``.
+    An unknown name raises :class:`repro.errors.UnknownNameError` listing the known ones."""
+    from repro.errors import UnknownNameError
+
+    if name not in ESTIMATORS:
+        raise UnknownNameError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name](*args, **config)
+
+
+__all__ = ["ESTIMATORS", "Estimator", "TopK", "estimator", "TokenGrads", "TracInWE", "cancellation_ratio", "cancellation_ratio_from_grads", "position_grads",
            "sparse_dot", "token_grads", "word_embedding_module", "FastIF", "FastIFResult", "InfluenceFunction", "KNNIndex", "LastLayerInfluence", "LissaConfig",
            "LissaDivergedError", "RepresenterPoints", "SOLVERS", "TrainingObjective", "TurnOverInfluence",
            "WeightDecay", "compute_features", "conjugate_gradient", "exact_ihvp", "faiss_available",
