@@ -133,7 +133,7 @@ def main() -> None:
     rows = [{"method": "full", "k": len(train_b), "workers": 1, "time_s": t_full, "s_test_s": t_full_s,
              "grads_s": t_full_g, "speedup": 1.0}]
     for k in ks:
-        res = fif.scores(pts, k=k, s_test=S_fast)
+        res = fif.candidates(pts, k=k, s_test=S_fast)
         total = res.timings["knn_s"] + t_fast_s + res.timings["candidate_grads_s"]
         ref = full_scores.gather(1, res.candidate_positions)
         row = {"method": "fastif", "k": k, "workers": 1, "time_s": total, "s_test_s": t_fast_s,
@@ -149,7 +149,7 @@ def main() -> None:
     t = time.perf_counter()
     S_two = fif.influence.solve(fif.influence.test_grads(pts), repetitions=[0, 1]) / 2
     t_two = time.perf_counter() - t
-    res = fif.scores(pts, k=kp, s_test=S_two)
+    res = fif.candidates(pts, k=kp, s_test=S_two)
     total = res.timings["knn_s"] + t_two + res.timings["candidate_grads_s"]
     rows.append({"method": "fastif-2reps", "k": kp, "workers": 1, "time_s": total, "s_test_s": t_two,
                  "grads_s": res.timings["candidate_grads_s"], "speedup": t_full / total,
@@ -157,7 +157,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- FastIF (2 gloo workers)
     t = time.perf_counter()
-    par = fif.scores(pts, k=kp, workers=2)
+    par = fif.candidates(pts, k=kp, workers=2)
     t_par = time.perf_counter() - t
     ref = full_scores.gather(1, par.candidate_positions)
     rows.append({"method": "fastif-parallel", "k": kp, "workers": 2, "time_s": t_par,

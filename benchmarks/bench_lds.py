@@ -60,12 +60,12 @@ def main():
         times["reference training (Trainer)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         runs = D.subset_runs(make, train, targets, cfg, n_subsets=a.subsets, seed=0, chunk=a.chunk,
-                             measure=a.measure, show_progress=True)
+                             measure=a.measure, progress=True)
         times[f"{a.subsets} subset retrainings (batched x{a.chunk})"] = time.perf_counter() - t0
         methods = {}
         t0 = time.perf_counter()
         methods[f"turn-over ({a.layers} layer{'s' if a.layers > 1 else ''})"] = \
-            TurnOverInfluence(model, show_progress=False).scores(targets, train)
+            TurnOverInfluence(model, progress=False).scores(targets, train)
         times["turn-over scores"] = time.perf_counter() - t0
         cks = list_checkpoints(run)
         t0 = time.perf_counter()

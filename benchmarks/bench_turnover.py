@@ -41,11 +41,11 @@ def bench(name, model, train, targets, cfg, general_ids: int, tracin_all: bool) 
         _, t = clock(lambda: Trainer(model, cfg, run).fit(train))
         rows.append({"model": name, "what": "training (fwd+bwd+step)", "unit": "examples/s",
                      "rate": cfg.epochs * len(train) / t})
-        est = TurnOverInfluence(model, method="head", show_progress=False)
+        est = TurnOverInfluence(model, method="head", progress=False)
         _, t = clock(lambda: est.scores(targets, train))
         rows.append({"model": name, "what": "turn-over influence, head path", "unit": "pairs/s",
                      "rate": len(targets) * len(train) / t})
-        gen = TurnOverInfluence(model, method="forward", show_progress=False)
+        gen = TurnOverInfluence(model, method="forward", progress=False)
         few = train.subset(slice(0, general_ids))
         tg = targets.subset(slice(0, 4))
         _, t = clock(lambda: gen.scores(tg, few))

@@ -93,7 +93,7 @@ def _check(model: nn.Module, cfg: TrainConfig):
 
 
 def masked_fit(model: nn.Module, config: TrainConfig, train: Batch, weights: torch.Tensor,
-               show_progress: bool = False) -> dict[str, torch.Tensor]:
+               progress: bool = False) -> dict[str, torch.Tensor]:
     """Train ``M = len(weights)`` copies of ``model`` (each starting from its current weights) with
     the per-example weights ``weights (M, n)`` (columns follow ``train``'s rows; 0 = deleted), in the
     mini-batch order of :class:`repro.train.Trainer` with ``config`` (its seed). Returns the stacked
@@ -130,7 +130,7 @@ def masked_fit(model: nn.Module, config: TrainConfig, train: Batch, weights: tor
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     step = 0
     total = cfg.epochs * steps_per_epoch
-    bar = _progress(total=total, desc=f"masked training x{M}", disable=not show_progress, leave=False)
+    bar = _progress(total=total, desc=f"masked training x{M}", disable=not progress, leave=False)
     for epoch in range(1, cfg.epochs + 1):
         g = torch.Generator().manual_seed(int(cfg.seed * 7919 + epoch))
         order = torch.randperm(len(train), generator=g)

@@ -245,8 +245,8 @@ def test_fastif_workers_take_any_module(mlp_data):
     net, X, y = mlp_data
     kw = dict(k=10, params="all", scale=50.0, damp=0.01, depth=20, batch_size=1, seed=3, progress=False)
     test = (X[15:17], y[15:17])
-    seq = FastIF(net, (X[:15], y[:15]), repetitions=2, **kw).scores(test, keep_s_test=True)
-    par = FastIF(net, (X[:15], y[:15]), repetitions=1, workers=2, **kw).scores(test, keep_s_test=True)
+    seq = FastIF(net, (X[:15], y[:15]), repetitions=2, **kw).candidates(test, keep_s_test=True)
+    par = FastIF(net, (X[:15], y[:15]), repetitions=1, workers=2, **kw).candidates(test, keep_s_test=True)
     assert par.timings["workers"] == 2
     torch.testing.assert_close(par.s_test, seq.s_test, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(par.scores, seq.scores, rtol=1e-5, atol=1e-6 * float(seq.scores.abs().max()))

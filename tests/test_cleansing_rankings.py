@@ -59,7 +59,7 @@ def test_cleansing_removes_each_rankings_first_k(noisy):
     planted = {"flips first": np.concatenate([flipped, np.setdiff1d(train.ids, flipped)]),
                "loss": orders["loss"]}
     rows, summed = T.cleansing(make, train, val, test, CFG, ks=[6], seeds=[0], flipped_ids=flipped,
-                               show_progress=False, rankings=planted)
+                               progress=False, rankings=planted)
     got = rows.set_index("method")
     assert set(got.index) == {"none", "harmful", "random", "flips first", "loss"}
     assert got.loc["flips first", "removed_flipped"] == 6

@@ -85,7 +85,7 @@ def test_planted_duplicates_beat_random_deletion(toy):
     scores = {"oracle": oracle, "random": D.method_scores("random", None, None, train, test, seed=3)}
     retrain = D.make_retrain(build, CFG)
     frame = D.case_deletion(scores, train, test, retrain, ks=(N_DUP,), seeds=(0, 1),
-                            directions=("proponents",), test_positions=[0], show_progress=False)
+                            directions=("proponents",), test_positions=[0], progress=False)
     assert set(frame.columns) >= {"test_id", "method", "direction", "k", "seed", "p_before", "p_after", "delta",
                                   "dlogodds", "deleted_ids"}
     assert len(frame) == 4 and set(frame["test_id"]) == {0}
@@ -120,7 +120,7 @@ def test_deleted_ids_are_exactly_the_top_k(toy):
         calls.append((seed, tuple(sorted(int(i) for i in deleted_ids))))
         return const
 
-    frame = D.case_deletion(scores, train, test, retrain, ks=(1, 4), seeds=(0, 5), show_progress=False)
+    frame = D.case_deletion(scores, train, test, retrain, ks=(1, 4), seeds=(0, 5), progress=False)
     assert len(frame) == 3 * 2 * 2 * 2 * 2  # methods x test x k x directions x seeds
     for _, row in frame.iterrows():
         pos = int(np.flatnonzero(test.ids == row.test_id)[0])

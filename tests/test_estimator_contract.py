@@ -11,7 +11,7 @@ import torch
 
 from repro.data import load
 from repro.errors import NotFittedError
-from repro.influence import (InfluenceFunction, LastLayerInfluence, RepresenterPoints, TracInCP,
+from repro.influence import (FastIF, InfluenceFunction, LastLayerInfluence, RepresenterPoints, TracInCP,
                              TurnOverInfluence)
 from repro.influence.base import Estimator, TopK
 from repro.models import mlp
@@ -49,10 +49,13 @@ def make(name, model, run):
         return RepresenterPoints(model, lam=1e-2, device="cpu")
     if name == "turnover":
         return TurnOverInfluence(model, progress=False)
+    if name == "fastif":  # every training example a candidate, so its dense scores have no NaN
+        return FastIF(model, k=1000, params="last", scale=20.0, damp=0.01, depth=20, batch_size=8, seed=0,
+                      progress=False)
     raise KeyError(name)
 
 
-ALL = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "representer", "turnover"]
+ALL = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "representer", "turnover", "fastif"]
 # self_influence = diag(scores(train)) by definition (representer's self-importance |alpha_i,y_i| is not)
 DIAGONAL = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "turnover"]
 GRADIENT = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "representer"]
@@ -112,9 +115,9 @@ def test_registry_builds_every_protocol_estimator_by_name(setup):
     model, run, train, test = setup
     built = estimator("tracincp", model, run, params="last", progress=False).fit(train)
     torch.testing.assert_close(built.scores(test), make("tracincp_last", model, run).fit(train).scores(test))
-    # every registered estimator but FastIF (candidate view) follows the protocol; TracIn-WE needs a
-    # text model and is checked on a Hugging Face model in test_any_model.py
-    assert all(issubclass(c, Estimator) for n, c in ESTIMATORS.items() if n != "fastif")
-    assert {c for n, c in ESTIMATORS.items() if n not in ("fastif", "tracin_we")} == {type(make(n, model, run)) for n in ALL}
+    # every registered estimator follows the protocol; TracIn-WE needs a text model and is checked on
+    # a Hugging Face model in test_any_model.py
+    assert all(issubclass(c, Estimator) for c in ESTIMATORS.values())
+    assert {c for n, c in ESTIMATORS.items() if n != "tracin_we"} == {type(make(n, model, run)) for n in ALL}
     with pytest.raises(UnknownNameError, match="known: tracincp"):
         estimator("tracin", model, run)

@@ -81,7 +81,7 @@ def test_candidate_scores_equal_full_scores_for_the_same_s_test(trained_vgg):
                              progress=False)
     S = fif.s_test(pts)
     torch.testing.assert_close(S, full.s_test(pts))  # same LiSSA settings and seeds -> same s_test
-    res = fif.scores(pts, keep_s_test=True)
+    res = fif.candidates(pts, keep_s_test=True)
     torch.testing.assert_close(res.s_test, S)
     ref = full.scores(None, s_test=S)  # (4, N) over the whole training set
     assert res.scores.shape == (4, 60) and res.candidate_ids.shape == (4, 60)
@@ -98,6 +98,11 @@ def test_candidate_scores_equal_full_scores_for_the_same_s_test(trained_vgg):
     assert dense.shape == (4, len(train)) and int(torch.isfinite(dense).sum()) == 4 * 60
     torch.testing.assert_close(dense.gather(1, res.candidate_positions), res.scores)
     torch.testing.assert_close(res.paper_influence, -res.scores)
+    # the protocol view: scores() is that dense matrix, top_k ranks within the candidates
+    torch.testing.assert_close(fif.scores(pts), dense, equal_nan=True)
+    top = fif.top_k(pts, k=5)
+    torch.testing.assert_close(top.proponent_scores, res.scores.topk(5, dim=1).values)
+    assert torch.equal(top.opponents, res.candidate_ids.gather(1, res.scores.topk(5, dim=1, largest=False).indices))
     ids, vals = res.top(5, "helpful")
     assert (vals[:, :-1] >= vals[:, 1:]).all() and torch.isin(ids, res.candidate_ids).all()
     _, worst = res.top(5, "harmful")
@@ -110,7 +115,7 @@ def test_mean_query_of_several_anchors(trained_vgg):
     anchors = test[torch.arange(5)]
     fif = FastIF(model, train, k=30, params=PARAMS, weight_decay=WD, scale=200.0, damp=0.01,
                  depth=20, progress=False)
-    res = fif.scores(anchors, aggregate="mean")
+    res = fif.candidates(anchors, aggregate="mean")
     assert res.scores.shape == (1, 30) and len(res.test_ids) == 5
     _, pos = fif.index.search(fif.features(anchors).mean(0, keepdim=True), 30)
     assert torch.equal(res.candidate_positions, pos)
@@ -152,15 +157,15 @@ def test_parallel_gloo_equals_sequential(trained_vgg):
     pts = test[torch.arange(3)]
     kw = dict(k=50, params=PARAMS, weight_decay=WD, scale=200.0, damp=0.01, depth=30,
               batch_size=1, seed=11, progress=False)
-    seq = FastIF(model, train, repetitions=2, **kw).scores(pts, keep_s_test=True)
+    seq = FastIF(model, train, repetitions=2, **kw).candidates(pts, keep_s_test=True)
     # 2 workers, one repetition each (repetitions < workers -> one per worker = 2 in total)
-    par = FastIF(model, train, repetitions=1, workers=2, **kw).scores(pts, keep_s_test=True)
+    par = FastIF(model, train, repetitions=1, workers=2, **kw).candidates(pts, keep_s_test=True)
     assert par.timings["workers"] == 2 and par.timings["repetitions"] == 2
     assert torch.equal(par.candidate_ids, seq.candidate_ids)
     torch.testing.assert_close(par.s_test, seq.s_test, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(par.scores, seq.scores, rtol=1e-5, atol=1e-6 * float(seq.scores.abs().max()))
     # a single repetition differs: the average really is over two independent estimates
-    one = FastIF(model, train, repetitions=1, **kw).scores(pts, keep_s_test=True)
+    one = FastIF(model, train, repetitions=1, **kw).candidates(pts, keep_s_test=True)
     assert not torch.allclose(one.s_test, seq.s_test)
 
 
@@ -174,10 +179,10 @@ def test_distributed_flag_uses_the_callers_process_group(trained_vgg):
     pts = test[torch.arange(2)]
     fif = FastIF(model, train, k=20, params=PARAMS, weight_decay=WD, scale=200.0, damp=0.01,
                  depth=10, repetitions=2, progress=False)
-    seq = fif.scores(pts)
+    seq = fif.candidates(pts)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
-        got = fif.scores(pts, distributed=True)
+        got = fif.candidates(pts, distributed=True)
     finally:
         dist.destroy_process_group()
     assert got.timings["workers"] == 1 and got.timings["repetitions"] == 2
@@ -195,7 +200,7 @@ def test_errors(trained_vgg):
         fif.scores(test)
     fif.fit(train[torch.arange(50)])
     with pytest.raises(ReproError, match="process group"):
-        fif.scores(test[torch.arange(2)], distributed=True)
+        fif.candidates(test[torch.arange(2)], distributed=True)
     with pytest.raises(UnknownNameError):
         fif.neighbours(test[torch.arange(2)], aggregate="max")
     # a model without a linear layer has no "input of the last layer" to search neighbours in

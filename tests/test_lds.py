@@ -71,14 +71,14 @@ def test_bad_subset_parameters():
         D.random_subsets(10, 2, 0.5)
     train, targets = blobs()
     with pytest.raises(InvalidParameterError, match="measure"):
-        D.subset_runs(make, train, targets, CFG, measure="accuracy", show_progress=False)
+        D.subset_runs(make, train, targets, CFG, measure="accuracy", progress=False)
 
 
 def test_real_retrainings_datamodel_beats_random():
     """Ridge 'datamodel' fitted on 160 masked subset retrainings predicts 40 independent ones."""
     train, targets = blobs()
-    fit = D.subset_runs(make, train, targets, CFG, n_subsets=160, subset_seed=1, chunk=40, show_progress=False)
-    ev = D.subset_runs(make, train, targets, CFG, n_subsets=40, subset_seed=2, chunk=40, show_progress=False)
+    fit = D.subset_runs(make, train, targets, CFG, n_subsets=160, subset_seed=1, chunk=40, progress=False)
+    ev = D.subset_runs(make, train, targets, CFG, n_subsets=40, subset_seed=2, chunk=40, progress=False)
     assert not (fit.kept == fit.kept[0]).all(1).all() and fit.kept.sum(1).tolist() == [40] * 160
     X = fit.kept.astype(float) - fit.kept.mean(0)
     Y = fit.benefit - fit.benefit.mean(0)
@@ -88,7 +88,7 @@ def test_real_retrainings_datamodel_beats_random():
     table = D.lds_table({"datamodel": tau, "random": D.random_scores(*tau.shape)}, ev)
     assert table.set_index("method").lds["datamodel"] > table.set_index("method").lds["random"] + 0.3
     # the one-by-one fallback measures the same runs
-    slow = D.subset_runs(make, train, targets, CFG, n_subsets=3, subset_seed=2, batched=False, show_progress=False)
+    slow = D.subset_runs(make, train, targets, CFG, n_subsets=3, subset_seed=2, batched=False, progress=False)
     np.testing.assert_allclose(slow.outputs, ev.outputs[:3], atol=2e-5)
 
 

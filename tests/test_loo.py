@@ -44,7 +44,7 @@ def blobs():
 def toy():
     train, targets = blobs()
     removed = np.sort(np.concatenate([L.random_removals(train.exclude([PLANT]), 23, seed=0), [PLANT]]))
-    truth = L.fixed_order_loo(make, train, targets, CFG, removed, seed=0, chunk=8, show_progress=False)
+    truth = L.fixed_order_loo(make, train, targets, CFG, removed, seed=0, chunk=8, progress=False)
     return train, targets, removed, truth
 
 
@@ -83,7 +83,7 @@ def test_masked_removal_equals_training_without_it_in_the_reference_order(toy):
 def test_one_by_one_fallback_equals_batched(toy):
     train, targets, removed, truth = toy
     few = removed[:3]
-    slow = L.fixed_order_loo(make, train, targets, CFG, few, seed=0, batched=False, show_progress=False)
+    slow = L.fixed_order_loo(make, train, targets, CFG, few, seed=0, batched=False, progress=False)
     np.testing.assert_allclose(slow.effects, truth.effects[:, :3], atol=2e-5)
 
 
@@ -117,7 +117,7 @@ def test_combined_agreement_over_seeds(toy):
     m1, ci1, per1 = L.combined_agreement([(rnd, truth, train.ids)], n_resamples=200)
     assert m1 == pytest.approx(L.agreement(rnd, truth, train_ids=train.ids).value("spearman")[0])
     assert ci1[0] <= m1 <= ci1[1]
-    other = L.fixed_order_loo(make, train, targets, CFG, removed, seed=1, show_progress=False)
+    other = L.fixed_order_loo(make, train, targets, CFG, removed, seed=1, progress=False)
     full = np.zeros((len(targets), len(train)))
     full[:, [col[int(i)] for i in removed]] = other.effects
     m2, _, per2 = L.combined_agreement([(rnd, truth, train.ids), (full, other, train.ids)], n_resamples=200)
@@ -128,21 +128,21 @@ def test_combined_agreement_over_seeds(toy):
 
 def test_noise_ceiling(toy):
     train, targets, removed, truth = toy
-    same = L.fixed_order_loo(make, train, targets, CFG, removed, seed=0, show_progress=False)
+    same = L.fixed_order_loo(make, train, targets, CFG, removed, seed=0, progress=False)
     assert L.noise_ceiling(truth, same).value("spearman")[0] == pytest.approx(1.0)
-    tiny = L.fixed_order_loo(make, train, targets, CFG, removed, seed=0, perturb=1e-6, show_progress=False)
+    tiny = L.fixed_order_loo(make, train, targets, CFG, removed, seed=0, perturb=1e-6, progress=False)
     assert not np.array_equal(tiny.effects, truth.effects)
     assert L.noise_ceiling(truth, tiny).value("spearman")[0] > 0.9
     with pytest.raises(ConfigMismatchError, match="different ids"):
-        L.noise_ceiling(truth, L.fixed_order_loo(make, train, targets, CFG, removed[:2], show_progress=False))
+        L.noise_ceiling(truth, L.fixed_order_loo(make, train, targets, CFG, removed[:2], progress=False))
 
 
 def test_bad_inputs_are_named(toy):
     train, targets, removed, truth = toy
     with pytest.raises(KeyError, match="not in the training set"):
-        L.fixed_order_loo(make, train, targets, CFG, [-7], show_progress=False)
+        L.fixed_order_loo(make, train, targets, CFG, [-7], progress=False)
     with pytest.raises(InvalidParameterError, match="duplicates"):
-        L.fixed_order_loo(make, train, targets, CFG, [100, 100], show_progress=False)
+        L.fixed_order_loo(make, train, targets, CFG, [100, 100], progress=False)
     with pytest.raises(InvalidParameterError, match="n_targets=3"):
         L.agreement(np.zeros((2, len(train))), truth, train_ids=train.ids)
     with pytest.raises(KeyError, match="no score column"):
@@ -153,15 +153,15 @@ def test_bad_inputs_are_named(toy):
         L.random_removals(train, 0)
     W = np.ones((2, len(train)), np.float32)
     with pytest.raises(InvalidParameterError, match=r"weights must be \(M, 81\)"):
-        masked_outputs(make, train, targets, CFG, W[:, :5], show_progress=False)
+        masked_outputs(make, train, targets, CFG, W[:, :5], progress=False)
     with pytest.raises(InvalidParameterError, match="0 \\(masked\\) or 1"):
-        masked_outputs(make, train, targets, CFG, W * 0.5, show_progress=False)
+        masked_outputs(make, train, targets, CFG, W * 0.5, progress=False)
     W[1] = 0
     with pytest.raises(EmptyDatasetError, match="rows \\[1\\]"):
-        masked_outputs(make, train, targets, CFG, W, show_progress=False)
+        masked_outputs(make, train, targets, CFG, W, progress=False)
     with pytest.raises(ReproError, match="clip"):
         masked_outputs(make, train, targets, dataclasses.replace(CFG, max_grad_norm=1.0), W[:1], batched=True,
-                       show_progress=False)
+                       progress=False)
 
 
 def test_batchnorm_model_falls_back_to_one_by_one():
@@ -177,7 +177,7 @@ def test_batchnorm_model_falls_back_to_one_by_one():
     def make_vgg(seed):
         return vgg(num_classes=10, width=0.125, seed=seed, turnover={"p": 0.5, "seed": 3})
 
-    res = L.fixed_order_loo(make_vgg, train, targets, cfg, train.ids[:2], show_progress=False)
+    res = L.fixed_order_loo(make_vgg, train, targets, cfg, train.ids[:2], progress=False)
     assert res.effects.shape == (4, 2) and np.abs(res.effects).max() > 0
     with pytest.raises(ReproError, match="BatchNorm"):
-        L.fixed_order_loo(make_vgg, train, targets, cfg, train.ids[:2], batched=True, show_progress=False)
+        L.fixed_order_loo(make_vgg, train, targets, cfg, train.ids[:2], batched=True, progress=False)

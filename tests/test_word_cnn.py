@@ -217,7 +217,7 @@ def test_case_deletion_with_masked_retraining_and_shared_random_sets(data, run):
     rt = D.make_retrain(init, CFG)
     scores = {"tracin_we": D.method_scores("tracin_we", m, run["cks"], train, test)}
     f = D.case_deletion(scores, train, test, rt, ks=(2,), seeds=(0, 1), test_positions=[0, 1, 2],
-                        n_random_sets=2, show_progress=False)
+                        n_random_sets=2, progress=False)
     rnd = f[f.method == "random"]
     # random sets: shared by all test examples, distinct across reps, the same for both seeds
     for (k, d, rep), g in rnd.groupby(["k", "direction", "rep"]):

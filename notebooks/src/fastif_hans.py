@@ -105,7 +105,7 @@ fif = FastIF(model, train, k=max(p["knn_ks"]), params="trainable", weight_decay=
 rows, recall_rows, timing_rows = [], [], []
 for k in p["knn_ks"]:
     t0 = time.perf_counter()
-    r = fif.scores(queries, k=k)
+    r = fif.candidates(queries, k=k)
     t_k = time.perf_counter() - t0
     timing_rows.append({"k": k, "seconds": t_k, "speedup": t_full / t_k})
     for q in range(len(queries)):
@@ -136,10 +136,10 @@ recall.pivot(index=["k", "k/N"], columns="kind", values="recall_mean")
 k_par = p["knn_ks"][len(p["knn_ks"]) // 2]
 t0 = time.perf_counter()
 seq2 = FastIF(model, train, k=k_par, params="trainable", weight_decay=decay, batch_size=1, progress=False,
-              repetitions=p["parallel_workers"], **lissa).scores(queries)
+              repetitions=p["parallel_workers"], **lissa).candidates(queries)
 t_seq2 = time.perf_counter() - t0
 t0 = time.perf_counter()
-par = fif.scores(queries, k=k_par, workers=p["parallel_workers"])
+par = fif.candidates(queries, k=k_par, workers=p["parallel_workers"])
 t_par = time.perf_counter() - t0
 parallel = pd.DataFrame([
     {"variant": f"sequential, {p['parallel_workers']} repetitions", "seconds": t_seq2},
@@ -194,7 +194,7 @@ def make_scorer(pool):
     def scorer(m, anc, _pool):
         est = FastIF(m, pool, k=min(p["fix_k"], len(pool)), params="trainable", weight_decay=decay, batch_size=1,
                      progress=False, **{**lissa, "depth": p["fix_depth"]})
-        r = est.scores(anc, aggregate="mean")
+        r = est.candidates(anc, aggregate="mean")
         return r.candidate_positions[0].numpy(), r.scores[0].numpy()
     return scorer
 

@@ -190,13 +190,13 @@ mlp_acc.groupby("turnover layers")["accuracy on targets"].mean()
 removed = LOO.random_removals(mtrain, p["loo_removals"], seed=p["seed"])
 t0 = time.perf_counter()
 truth = {(L, seed): LOO.fixed_order_loo(mlp_factory(L), mtrain, mtargets, mcfg, removed, seed=seed,
-                                        chunk=p["chunk"], show_progress=False)
+                                        chunk=p["chunk"], progress=False)
          for L in p["turnover_layers"] for seed in p["loo_seeds"]}
 seed0 = p["loo_seeds"][0]
 ceil_rows = []
 for L in p["turnover_layers"]:
     tiny = LOO.fixed_order_loo(mlp_factory(L), mtrain, mtargets, mcfg, removed, seed=seed0, perturb=1e-6,
-                               perturb_seed=1, chunk=p["chunk"], show_progress=False)
+                               perturb_seed=1, chunk=p["chunk"], progress=False)
     m, ci = LOO.noise_ceiling(truth[(L, seed0)], tiny).value("spearman")
     ceil_rows.append({"turnover layers": L, "training": f"lr {p['mlp_lr']:g}, momentum {p['mlp_momentum']:g}",
                       "re-measured with": "1e-6 perturbation", "spearman": m, "ci_lo": ci[0], "ci_hi": ci[1]})
@@ -208,9 +208,9 @@ for L in p["turnover_layers"]:
 if p["fast_lr"]:  # the same ceiling for a larger step size (the usual setting for this MLP)
     fcfg = TrainConfig(**{**mcfg.__dict__, "lr": p["fast_lr"]["lr"], "momentum": p["fast_lr"]["momentum"]})
     a = LOO.fixed_order_loo(mlp_factory(L_MAIN), mtrain, mtargets, fcfg, removed, seed=seed0, chunk=p["chunk"],
-                            show_progress=False)
+                            progress=False)
     b = LOO.fixed_order_loo(mlp_factory(L_MAIN), mtrain, mtargets, fcfg, removed, seed=seed0, perturb=1e-6,
-                            perturb_seed=1, chunk=p["chunk"], show_progress=False)
+                            perturb_seed=1, chunk=p["chunk"], progress=False)
     m, ci = LOO.noise_ceiling(a, b).value("spearman")
     ceil_rows.append({"turnover layers": L_MAIN, "training": f"lr {fcfg.lr:g}, momentum {fcfg.momentum:g}",
                       "re-measured with": "1e-6 perturbation", "spearman": m, "ci_lo": ci[0], "ci_hi": ci[1]})
@@ -260,7 +260,7 @@ t0 = time.perf_counter()
 lds_rows, lds_res = [], {}
 for L in p["turnover_layers"]:
     runs = {s: LDS.subset_runs(mlp_factory(L), mtrain, mtargets, mcfg, n_subsets=p["lds_subsets"], seed=s,
-                               subset_seed=100 + s, chunk=p["chunk"], show_progress=False) for s in p["loo_seeds"]}
+                               subset_seed=100 + s, chunk=p["chunk"], progress=False) for s in p["loo_seeds"]}
     for method in ref_runs[(L, seed0)]:
         per_seed = [LDS.lds(ref_runs[(L, s)][method], runs[s], train_ids=mtrain.ids, n_resamples=200)
                     for s in p["loo_seeds"]]
@@ -329,7 +329,7 @@ for noise in p["noise_levels"]:
             Trainer(model, TrainConfig(**{**ccfg.__dict__, "seed": seed}), run_dir).fit(tr)
             orders, scores = removal_rankings(model.eval(), tr, list_checkpoints(run_dir))
         rows, summed = cleansing(mlp_factory(L_MAIN), tr, cval, ctest, ccfg, ks, [seed], flipped_ids=flipped,
-                                 influence_seed=seed, rankings=orders, show_progress=False)
+                                 influence_seed=seed, rankings=orders, progress=False)
         clean_rows.append(rows.assign(noise=noise))
         if noise > 0:
             scores["summed validation influence (negated)"] = -summed

@@ -46,7 +46,7 @@ from repro.influence.lastlayer import LastLayerInfluence, RepresenterPoints
 from repro.influence.tracin import TracInCP, resolve_checkpoints
 from repro.influence.tracin_we import TracInWE
 from repro.train import TrainConfig, Trainer, predict
-from repro.utils import progress
+from repro.utils import progress as _progress
 
 __all__ = ["METHODS", "LAST_LAYER_METHODS", "method_scores", "all_method_scores", "make_retrain",
            "top_ids", "random_sets", "case_deletion", "unit_values", "paired_stats", "logodds", "summarize",
@@ -307,7 +307,7 @@ def _retrain_all(keys, retrain, train, test, workers: int, bar) -> dict:
 def case_deletion(scores: dict[str, torch.Tensor], train, test, retrain: Retrain, ks: Sequence[int] = (10,),
                   seeds: Sequence[int] = (0,), directions: Sequence[str] = ("proponents", "opponents"),
                   test_positions: Sequence[int] | None = None, n_random_sets: int = 0, random_seed: int = 0,
-                  workers: int = 1, show_progress: bool = True) -> pd.DataFrame:
+                  workers: int = 1, progress: bool = True) -> pd.DataFrame:
     """Run case deletion for every (test example, method, k, direction, seed).
 
     Args:
@@ -324,7 +324,7 @@ def case_deletion(scores: dict[str, torch.Tensor], train, test, retrain: Retrain
             shared by every test example (column ``rep`` numbers them; other methods have rep 0).
         random_seed: seed of the random sets.
         workers: retrain in this many forked worker processes (each single-threaded).
-        show_progress: progress bar over retrainings.
+        progress: progress bar over retrainings.
 
     Returns a tidy table: ``test_id, method, direction, k, seed, rep, p_before, p_after, delta,
     logodds_before, logodds_after, dlogodds, deleted_ids`` (probabilities of the test example's
@@ -359,7 +359,7 @@ def case_deletion(scores: dict[str, torch.Tensor], train, test, retrain: Retrain
     keys = [(int(seed), ()) for seed in seeds]
     keys += list(dict.fromkeys((int(j[0]), tuple(sorted(int(i) for i in j[6]))) for j in jobs))
     keys = list(dict.fromkeys(keys))
-    bar = progress(total=len(keys), desc="case-deletion retrains", disable=not show_progress)
+    bar = _progress(total=len(keys), desc="case-deletion retrains", disable=not progress)
     probs = _retrain_all(keys, retrain, train, test, workers, bar)
     bar.close()
     rows = []

@@ -102,13 +102,13 @@ def correction_run(model, pool: TextDataset, anchors: TextDataset, test: TextDat
 
 def correction_experiment(model, pool: TextDataset, anchors: TextDataset, test: TextDataset, scorer: Scorer,
                           heuristics: Sequence[str], modes: Sequence[str] = MODES, replicas: int = 3,
-                          show_progress: bool = True, **kwargs) -> pd.DataFrame:
+                          progress: bool = True, **kwargs) -> pd.DataFrame:
     """All (heuristic, mode, replica) runs of :func:`correction_run`, concatenated."""
-    from repro.utils import progress
+    from repro.utils import progress as _progress
 
     jobs = [(h, m, r) for h in heuristics for m in modes for r in range(replicas)]
     frames = []
-    for h, m, r in progress(jobs, desc="HANS correction runs", disable=not show_progress):
+    for h, m, r in _progress(jobs, desc="HANS correction runs", disable=not progress):
         frames.append(correction_run(model, pool, anchors, test, h, m, scorer, seed=r, **kwargs))
     return pd.concat(frames, ignore_index=True)
 

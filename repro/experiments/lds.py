@@ -98,7 +98,7 @@ def random_subsets(n_train: int, n_subsets: int = 50, alpha: float = 0.5, seed: 
 
 def subset_runs(make_model: ModelFactory, train, targets, config: TrainConfig, n_subsets: int = 50,
                 alpha: float = 0.5, seed: int = 0, subset_seed: int = 0, measure: str = "loss",
-                chunk: int = 16, batched: bool | None = None, show_progress: bool = True) -> SubsetRuns:
+                chunk: int = 16, batched: bool | None = None, progress: bool = True) -> SubsetRuns:
     """Train ``n_subsets`` masked copies of the reference run (``make_model(seed)``, mini-batch
     order of ``seed``), each on a random ``alpha``-subset (generator ``subset_seed``), and measure
     them on the targets. Many copies train at once when :mod:`repro.multitrain` supports the model
@@ -109,7 +109,7 @@ def subset_runs(make_model: ModelFactory, train, targets, config: TrainConfig, n
     train_b, target_b = encode(probe, train), encode(probe, targets)
     kept = random_subsets(len(train_b), n_subsets, alpha, subset_seed)
     out = masked_outputs(make_model, train_b, target_b, config, kept.astype(np.float32), seed=seed,
-                         measure=measure, chunk=chunk, batched=batched, show_progress=show_progress)
+                         measure=measure, chunk=chunk, batched=batched, progress=progress)
     return SubsetRuns(train_b.ids.numpy().astype(np.int64), target_b.ids.numpy().astype(np.int64), kept, out,
                       measure, float(alpha), int(seed))
 

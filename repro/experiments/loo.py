@@ -109,7 +109,7 @@ def random_removals(train, k: int, seed: int = 0) -> np.ndarray:
 
 def fixed_order_loo(make_model: ModelFactory, train, targets, config: TrainConfig, removed_ids,
                     seed: int = 0, perturb: float = 0.0, perturb_seed: int = 0, measure: str = "loss",
-                    chunk: int = 16, batched: bool | None = None, show_progress: bool = True) -> LOOResult:
+                    chunk: int = 16, batched: bool | None = None, progress: bool = True) -> LOOResult:
     """Leave-one-out effects of ``removed_ids`` on every target, with order and initialisation fixed.
 
     Trains the reference run (``make_model(seed)``, mini-batch order of ``seed``) and one masked run
@@ -132,7 +132,7 @@ def fixed_order_loo(make_model: ModelFactory, train, targets, config: TrainConfi
     W[np.arange(len(removed)), [pos[int(i)] for i in removed]] = 0.0
     out, ref = masked_outputs(make_model, train_b, target_b, config, W, seed=seed, perturb=perturb,
                               perturb_seed=perturb_seed, measure=measure, chunk=chunk, with_reference=True,
-                              batched=batched, show_progress=show_progress)
+                              batched=batched, progress=progress)
     effects = (out - ref) if measure == "loss" else (ref - out)
     return LOOResult(removed, target_b.ids.numpy().astype(np.int64), effects.T.copy(), ref[0].copy(),
                      int(seed), float(perturb), measure)

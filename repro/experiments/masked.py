@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from repro.data.core import Batch, Dataset
 from repro.errors import EmptyDatasetError, InvalidParameterError, ReproError
 from repro.train import TrainConfig, Trainer, predict
-from repro.utils import progress, resolve_device
+from repro.utils import progress as _progress
+from repro.utils import resolve_device
 
 __all__ = ["MEASURES", "masked_outputs", "perturb_parameters", "target_outputs", "encode"]
 
@@ -87,7 +88,7 @@ def _fresh(make_model: ModelFactory, seed: int, perturb: float, perturb_seed: in
 def masked_outputs(make_model: ModelFactory, train, targets, config: TrainConfig, weights,
                    seed: int = 0, perturb: float = 0.0, perturb_seed: int = 0, measure: str = "loss",
                    chunk: int = 16, with_reference: bool = False, batched: bool | None = None,
-                   show_progress: bool = True):
+                   progress: bool = True):
     """Train one masked copy per row of ``weights`` and measure each on the targets.
 
     Args:
@@ -138,8 +139,8 @@ def masked_outputs(make_model: ModelFactory, train, targets, config: TrainConfig
     if batched:
         from repro.multitrain import masked_fit, stacked_predict
 
-        bar = progress(total=M, desc=f"masked retrains ({'batched' if batched else 'one by one'})",
-                       disable=not show_progress)
+        bar = _progress(total=M, desc=f"masked retrains ({'batched' if batched else 'one by one'})",
+                        disable=not progress)
         for s in range(0, M, int(chunk)):
             w = W[s:s + int(chunk)]
             if with_reference:
@@ -163,6 +164,6 @@ def masked_outputs(make_model: ModelFactory, train, targets, config: TrainConfig
 
         if with_reference:
             ref[:] = run([])
-        for m in progress(range(M), desc="masked retrains (one by one)", disable=not show_progress):
+        for m in _progress(range(M), desc="masked retrains (one by one)", disable=not progress):
             out[m] = run(ids[W[m].numpy() == 0].tolist())
     return (out, ref) if with_reference else out

@@ -23,7 +23,7 @@ from repro.data.core import Dataset
 from repro.errors import InvalidParameterError
 from repro.influence.turnover import TurnOverInfluence
 from repro.train import TrainConfig, Trainer, evaluate
-from repro.utils import progress
+from repro.utils import progress as _progress
 
 ModelFactory = Callable[[int], torch.nn.Module]  # seed -> fresh model
 
@@ -55,7 +55,7 @@ def _check_rankings(rankings: dict | None, train: Dataset, ks: Sequence[int]) ->
 
 def cleansing(make_model: ModelFactory, train: Dataset, val: Dataset, test: Dataset, cfg: TrainConfig,
               ks: Sequence[int], seeds: Sequence[int], flipped_ids=None, influence_seed: int = 0,
-              show_progress: bool = True, rankings: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+              progress: bool = True, rankings: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Data cleansing with turn-over influence.
 
     Trains one turn-over model (seed ``influence_seed``), sums its influence over ``val`` for every
@@ -73,7 +73,7 @@ def cleansing(make_model: ModelFactory, train: Dataset, val: Dataset, test: Data
     flipped = set(np.asarray(flipped_ids if flipped_ids is not None else [], dtype=np.int64).tolist())
     rows = []
     jobs = [("none", 0)] + [(m, k) for k in ks for m in ("harmful", "random", *extra)]
-    bar = progress(total=len(jobs) * len(seeds), desc="cleansing retrains", disable=not show_progress)
+    bar = _progress(total=len(jobs) * len(seeds), desc="cleansing retrains", disable=not progress)
     for seed in seeds:
         rng = np.random.default_rng(10_000 + seed)
         for method, k in jobs:

@@ -18,8 +18,8 @@ Sign convention everywhere: **positive = helpful / proponent** (training on the 
 test loss). ``InfluenceFunction.paper_influence`` gives Koh & Liang's / FastIF's sign (negative =
 helpful).
 
-Every estimator but FastIF follows one protocol (:mod:`repro.influence.base`: ``fit`` / ``scores`` /
-``self_influence`` / ``top_k`` / ``train_ids``) and takes any classifier ``nn.Module``
+Every estimator follows one protocol (:mod:`repro.influence.base`: ``fit`` / ``scores`` /
+``self_influence`` / ``top_k`` / ``train_ids``; FastIF's dense ``scores`` are NaN off its candidates) and takes any classifier ``nn.Module``
 (:func:`repro.models.foreign.as_model`). :data:`ESTIMATORS` names them; :func:`estimator` builds one
 by name.
 """

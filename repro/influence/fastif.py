@@ -39,6 +39,7 @@ from repro.checks import check_k
 from repro.data.core import Batch
 from repro.errors import ReproError, UnknownNameError
 from repro.influence.grads import as_batch
+from repro.influence.base import Estimator, TopK
 from repro.influence.hessian import LissaConfig
 from repro.influence.ifunc import InfluenceFunction, NotFittedError
 
@@ -226,7 +227,7 @@ class FastIFResult:
 
 
 # ---------------------------------------------------------------------------- FastIF
-class FastIF:
+class FastIF(Estimator):
     """Influence functions restricted to the ``k`` nearest training examples (FastIF).
 
     Args:
@@ -363,9 +364,32 @@ class FastIF:
         return self.influence.s_test(test, aggregate)
 
     # ------------------------------------------------------------------ scores
-    def scores(self, test, k: int | None = None, aggregate: str = "none",
-               s_test: torch.Tensor | None = None, workers: int | None = None,
-               distributed: bool = False, keep_s_test: bool = False) -> FastIFResult:
+    def scores(self, test, k: int | None = None, aggregate: str = "none", **options) -> torch.Tensor:
+        """The protocol's dense score matrix ``(n_test, n_train)`` (one row with
+        ``aggregate="mean"``): influence on the kNN candidates, **NaN** for every other training
+        example (FastIF never scores them). Options as for :meth:`candidates`, which returns the
+        candidates' view (ids, distances, timings) instead."""
+        return self.candidates(test, k=k, aggregate=aggregate, **options).dense()
+
+    def top_k(self, test, k: int = 5, aggregate: str = "none", candidates: int | None = None) -> TopK:
+        """The ``k`` most helpful and most harmful training examples of every test point, among its
+        ``candidates`` nearest neighbours (default ``self.k``)."""
+        k = check_k(k)
+        r = self.candidates(test, k=candidates, aggregate=aggregate)
+        n = min(k, r.scores.shape[1])
+        hi = r.scores.topk(n, dim=1, largest=True)
+        lo = r.scores.topk(n, dim=1, largest=False)
+        test_ids = r.test_ids if aggregate == "none" else r.test_ids[:1]
+        return TopK(test_ids=test_ids.clone(), proponents=r.candidate_ids.gather(1, hi.indices),
+                    proponent_scores=hi.values, opponents=r.candidate_ids.gather(1, lo.indices),
+                    opponent_scores=lo.values)
+
+    def _check_fitted(self):
+        self.influence._check_fitted()
+
+    def candidates(self, test, k: int | None = None, aggregate: str = "none",
+                   s_test: torch.Tensor | None = None, workers: int | None = None,
+                   distributed: bool = False, keep_s_test: bool = False) -> FastIFResult:
         """Influence of the kNN candidates of each test point (package sign: positive = helpful).
 
         Args:
