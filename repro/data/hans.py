@@ -463,22 +463,28 @@ def _clause(shape: str, tag: str) -> tuple[str, str]:
             f"the {{{tag}N}} {{{tag}V}} the {{{tag}O}}")
 
 
-for _s1, _s2 in product("it", repeat=2):
-    (_sl1, _c1), (_sl2, _c2) = _clause(_s1, "a"), _clause(_s2, "b")
-    _add("cn_embedded_under_if", f"C:sub_nonent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c1)
-    _add("cn_after_if_clause", f"C:sub_nonent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c2)
-    _add("ce_embedded_under_since", f"C:sub_ent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c1)
-    _add("ce_after_since_clause", f"C:sub_ent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c2)
-    for _hyp in (_c1, _c2):
-        _add("cn_disjunction", f"{_sl1} {_sl2}", f"{_c1}, or {_c2}", _hyp)
-        _add("ce_conjunction", f"{_sl1} {_sl2}", f"{_c1}, and {_c2}", _hyp)
+def _add_constituent_templates(add, clause, embed_extra: tuple = ()) -> None:
+    """The constituent subcases from clause shapes (shared by both styles; ``add`` appends a
+    template, ``clause`` builds one clause, ``embed_extra`` are extra arguments of the two
+    embedded-verb templates)."""
+    for s1, s2 in product("it", repeat=2):
+        (sl1, c1), (sl2, c2) = clause(s1, "a"), clause(s2, "b")
+        add("cn_embedded_under_if", f"C:sub_nonent {sl1} {sl2}", f"{{C}} {c1}, {c2}", c1)
+        add("cn_after_if_clause", f"C:sub_nonent {sl1} {sl2}", f"{{C}} {c1}, {c2}", c2)
+        add("ce_embedded_under_since", f"C:sub_ent {sl1} {sl2}", f"{{C}} {c1}, {c2}", c1)
+        add("ce_after_since_clause", f"C:sub_ent {sl1} {sl2}", f"{{C}} {c1}, {c2}", c2)
+        for hyp in (c1, c2):
+            add("cn_disjunction", f"{sl1} {sl2}", f"{c1}, or {c2}", hyp)
+            add("ce_conjunction", f"{sl1} {sl2}", f"{c1}, and {c2}", hyp)
+    for s in "it":
+        sl, c = clause(s, "a")
+        add("cn_embedded_under_verb", f"M:noun E:vemb_nonent {sl}", f"the {{M}} {{E}} that {c}", c, *embed_extra)
+        add("ce_embedded_under_verb", f"M:noun E:vemb_ent {sl}", f"the {{M}} {{E}} that {c}", c, *embed_extra)
+        add("cn_adverb", f"D:adv_nonent {sl}", f"{{D}} {c}", c)
+        add("ce_adverb", f"D:adv_ent {sl}", f"{{D}} {c}", c)
 
-for _s in "it":
-    _sl, _c = _clause(_s, "a")
-    _add("cn_embedded_under_verb", f"M:noun E:vemb_nonent {_sl}", f"the {{M}} {{E}} that {_c}", _c)
-    _add("ce_embedded_under_verb", f"M:noun E:vemb_ent {_sl}", f"the {{M}} {{E}} that {_c}", _c)
-    _add("cn_adverb", f"D:adv_nonent {_sl}", f"{{D}} {_c}", _c)
-    _add("ce_adverb", f"D:adv_ent {_sl}", f"{{D}} {_c}", _c)
+
+_add_constituent_templates(_add, _clause)
 
 
 def _build_templates(raw: list[tuple], categories: dict, prefix: str = "temp") -> tuple[Template, ...]:
@@ -809,22 +815,7 @@ def _snli_clause(shape: str, tag: str) -> tuple[str, str]:
             f"the {{{tag}N}} {{{tag}N.be}} {{{tag}V}} the {{{tag}O}}")
 
 
-for _s1, _s2 in product("it", repeat=2):
-    (_sl1, _c1), (_sl2, _c2) = _snli_clause(_s1, "a"), _snli_clause(_s2, "b")
-    _add_snli("cn_embedded_under_if", f"C:sub_nonent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c1)
-    _add_snli("cn_after_if_clause", f"C:sub_nonent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c2)
-    _add_snli("ce_embedded_under_since", f"C:sub_ent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c1)
-    _add_snli("ce_after_since_clause", f"C:sub_ent {_sl1} {_sl2}", f"{{C}} {_c1}, {_c2}", _c2)
-    for _hyp in (_c1, _c2):
-        _add_snli("cn_disjunction", f"{_sl1} {_sl2}", f"{_c1}, or {_c2}", _hyp)
-        _add_snli("ce_conjunction", f"{_sl1} {_sl2}", f"{_c1}, and {_c2}", _hyp)
-
-for _s in "it":
-    _sl, _c = _snli_clause(_s, "a")
-    _add_snli("cn_embedded_under_verb", f"M:noun E:vemb_nonent {_sl}", f"the {{M}} {{E}} that {_c}", _c, "E=M")
-    _add_snli("ce_embedded_under_verb", f"M:noun E:vemb_ent {_sl}", f"the {{M}} {{E}} that {_c}", _c, "E=M")
-    _add_snli("cn_adverb", f"D:adv_nonent {_sl}", f"{{D}} {_c}", _c)
-    _add_snli("ce_adverb", f"D:adv_ent {_sl}", f"{{D}} {_c}", _c)
+_add_constituent_templates(_add_snli, _snli_clause, embed_extra=("E=M",))
 
 #: All templates of style ``"snli"`` (``template`` column = ``Template.name``, ``snli_temp<i>``).
 SNLI_TEMPLATES: tuple[Template, ...] = _build_templates(_SNLI_RAW, _SNLI_CATEGORIES, prefix="snli_temp")
