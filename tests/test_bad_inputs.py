@@ -472,7 +472,7 @@ def test_fastif_result_carries_lissa_convergence(run, data):
     fif = FastIF(model, train, k=5, params="last", weight_decay=0.01, scale=50.0, damp=0.01, depth=3,
                  batch_size=8, tol=1e-12, progress=False, device="cpu")
     with pytest.warns(RuntimeWarning, match="did not reach tol"):
-        res = fif.scores(test.subset([0, 1]))
+        res = fif.candidates(test.subset([0, 1]))
     assert res.lissa_converged is False
     assert FastIF(model, train, k=5, params="last", weight_decay=0.01, scale=50.0, damp=0.01, depth=3,
-                  batch_size=8, progress=False, device="cpu").scores(test.subset([0])).lissa_converged is None
+                  batch_size=8, progress=False, device="cpu").candidates(test.subset([0])).lissa_converged is None
