@@ -264,6 +264,37 @@ metrics = {
     "parallel_seconds": t_par, "sequential_2rep_seconds": t_seq2,
     "hans_fix_gain": {f"{r.pool}/{r.target}/{r.mode}": r.gain for r in fix_summary.itertuples()},
 }
-out.finish(metrics, notes=[f"{p['nli_data']} stands in for MNLI-2; HANS-style ({p['hans_source']}) for HANS",
+# Claims: criteria stated here, verdicts computed (repro.claims). The paper's speed-up is at N = 392,702;
+# ours is measured at this profile's N, so it is read against a lower bar and reported with N.
+from repro.claims import at_least, claim
+
+largest = speed.iloc[speed["k"].argmax()]
+non_ent = hans_acc[hans_acc.label == "non-entailment"]
+ent = hans_acc[hans_acc.label == "entailment"]
+non_ent_error = 1.0 - float(non_ent.accuracy.mean())
+helpful_minus_random = float(np.mean([gain_of(pool, "helpful") - gain_of(pool, "random") for pool in (pool1, pool2)]))
+claims = [
+    claim("fastif_speedup", claim="FastIF is much faster than full influence", paper="≈80x (MNLI, N = 392,702, k = 1,000)",
+          ours=float(best.speedup), unit=f"speed-up at k = {int(best.k)}, N = {len(train)}",
+          criterion=at_least(10.0, partly_from=2.0, what="the speed-up"), n=f"{len(queries)} test points",
+          reason=f"N = {len(train)}: the full scan is linear in N, so the ratio is small at this size"),
+    claim("fastif_correlation", claim="FastIF's scores correlate with full influence on the candidates",
+          paper="Spearman 99.8 at k = 1,000 [V-nb]", ours=float(largest.spearman),
+          unit=f"Spearman at k = {int(largest.k)}", criterion=at_least(0.95, partly_from=0.8, what="the Spearman correlation"),
+          n=f"{len(queries)} test points", reason="shallower LiSSA than the paper's"),
+    claim("model_fails_hans", claim="the NLI model fails non-entailed HANS cases",
+          paper="BERT ≈ 0-28% accuracy on non-entailed (McCoy et al.)", ours=non_ent_error,
+          unit="error rate on non-entailed HANS-style examples (mean over heuristics)",
+          criterion=at_least(0.7, partly_from=0.5, what="the error rate"), n=f"{len(hans_eval)} HANS-style pairs",
+          reason=f"entailed accuracy {float(ent.accuracy.mean()):.2f}, non-entailed {float(non_ent.accuracy.mean()):.2f}: "
+                 "the model does not show HANS's entailment bias on this generator"),
+    claim("hans_fix_helpful_beats_random", claim="fine-tuning on helpful points fixes more HANS errors than random points",
+          paper="+2.5% (MNLI-2 pool), +2.8% (HANS pool)", ours=helpful_minus_random,
+          unit=f"accuracy gain, helpful minus random, after {p['fix_steps']} steps (mean over 2 pools)",
+          criterion=at_least(0.01, partly_from=1e-9, what="helpful minus random"),
+          n=f"{p['fix_replicas']} replica(s) x {len(p['fix_heuristics'])} heuristics x 2 pools",
+          reason="the correction steps change almost no prediction of this model"),
+]
+out.finish(metrics, claims=claims, notes=[f"{p['nli_data']} stands in for MNLI-2; HANS-style ({p['hans_source']}) for HANS",
                            f"{p['text_model']} with top {p['train_top_layers']} layers trainable stands in for BERT-base"])
 metrics
