@@ -188,10 +188,8 @@ class StateCheckpoint(Checkpoint):
         """Load the weights into ``model`` (keys in the module's own spelling; a wrapped model's
         :meth:`~repro.models.foreign.ForeignModel.load_state` adds the prefix)."""
         state = self.weights()
-        bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-               and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise CheckpointError(f"checkpoint {self.path} holds NaN or infinite values in {bad[:5]}")
+        if self.state is not None:  # files are checked when read (load_weights_file)
+            _check_finite_state(state, f"checkpoint {self.path}")
         if callable(getattr(model, "load_state", None)):
             model.load_state(state)
             return model
@@ -217,6 +215,7 @@ def load_weights_file(path) -> dict:
                               "save state dicts with torch.save(model.state_dict(), path) or safetensors") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"weights file {path} does not hold a state dict of tensors")
+    _check_finite_state(state, f"weights file {path}")
     return state
 
 
@@ -268,15 +267,21 @@ def _read_sidecar(path: Path) -> dict:
     return meta
 
 
+def _check_finite_state(state: dict, what: str) -> None:
+    """CheckpointError naming the tensors of ``state`` that hold NaN or inf."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{what} holds NaN or infinite values in {bad[:5]}; the run diverged or the "
+                              "file is damaged: use an earlier checkpoint or retrain")
+
+
 def _load_weights(path: Path) -> dict:
     """A safetensors state dict; a truncated or garbage file, or weights holding NaN or inf, raise
     CheckpointError naming it."""
     try:
         state = load_file(str(path))
-        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise CheckpointError(f"weights file {path} holds NaN or infinite values in {bad[:5]}; the run "
-                                  "diverged or the file is damaged: use an earlier checkpoint or retrain")
+        _check_finite_state(state, f"weights file {path}")
         return state
     except CheckpointError:
         raise

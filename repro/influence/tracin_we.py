@@ -52,7 +52,7 @@ from repro.influence.grads import (EvalState, as_batch, train_batch, param_names
                                    resolve_target)
 from repro.influence.base import Estimator
 from repro.influence.tracin import resolve_checkpoints
-from repro.models.foreign import as_model
+from repro.models.foreign import as_model, unwrap_logits
 from repro.utils import progress as _progress
 from repro.utils import resolve_device
 
@@ -109,10 +109,6 @@ def _excluded_ids(model, exclude_special) -> list[int]:
     return sorted(out)
 
 
-def _logits(out):
-    return getattr(out, "logits", out)
-
-
 # ---------------------------------------------------------------------------- position gradients
 def position_grads(model, batch: Batch, target=None) -> torch.Tensor:
     """Gradient of ``target(model(x_j), y_j)`` w.r.t. the input word embedding at every position of
@@ -133,7 +129,7 @@ def position_grads(model, batch: Batch, target=None) -> torch.Tensor:
     handle = emb.register_forward_hook(hook)
     try:
         with EvalState(model, names=(), set_requires_grad=True), torch.enable_grad():
-            logits = _logits(model(**batch.inputs))
+            logits = unwrap_logits(model(**batch.inputs))
             value = tgt(logits, batch.labels).sum()
             if len(captured) != 1:
                 raise ReproError(f"the word-embedding module ran {len(captured)} times in one forward "
