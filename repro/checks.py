@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import weakref
 
 import numpy as np
 import torch
@@ -82,18 +83,44 @@ def check_unique_ids(ids, what: str = "examples") -> None:
                                "or renumber with dataclasses.replace(ds, ids=...))")
 
 
+# tensors already found finite, by id: (weak reference, version counter at the check). An entry
+# leaves with its tensor, and an in-place change bumps the version, so a hit is always the same
+# unchanged tensor (a large cached pool handed to an estimator at every step is scanned once).
+_KNOWN_FINITE: dict[int, tuple] = {}
+_MEMO_MIN_NUMEL = 1 << 16
+
+
+def _known_finite(v: torch.Tensor) -> bool:
+    entry = _KNOWN_FINITE.get(id(v))
+    return entry is not None and entry[0]() is v and entry[1] == v._version
+
+
+def _remember_finite(v: torch.Tensor) -> None:
+    key = id(v)
+    try:
+        ref = weakref.ref(v, lambda _r, key=key: _KNOWN_FINITE.pop(key, None))
+    except TypeError:  # not weak-referenceable: just do not remember
+        return
+    _KNOWN_FINITE[key] = (ref, v._version)
+
+
 def check_finite_inputs(inputs: dict, ids, what: str = "inputs") -> None:
     """Raise :class:`NonFiniteInputError` naming the ids of examples whose floating-point inputs
-    hold NaN or inf (integer inputs such as token ids are always finite)."""
+    hold NaN or inf (integer inputs such as token ids are always finite). A large tensor found
+    finite once is not scanned again while it is alive and unchanged."""
     bad = None
     for key, v in inputs.items():
         if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.numel() == 0:
+            continue
+        if _known_finite(v):
             continue
         finite = torch.isfinite(v.reshape(v.shape[0], -1)).all(1) if v.dim() else torch.isfinite(v).reshape(1)
         if not bool(finite.all()):
             rows = (~finite).nonzero().reshape(-1).cpu()
             bad = (key, rows)
             break
+        if v.numel() >= _MEMO_MIN_NUMEL:
+            _remember_finite(v)
     if bad is not None:
         key, rows = bad
         id_arr = _ids(ids)

@@ -1,11 +1,11 @@
-"""Small shared helpers: atomic file writes, devices, progress bars."""
+"""Small shared helpers: atomic file writes, devices, progress bars, forked workers."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -116,3 +116,45 @@ def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
         for chunk in iter(lambda: f.read(block), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_FORK_FN: dict = {}  # what forked workers inherit: the function (and the data it closes over)
+
+
+def _fork_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _fork_call(item):
+    return _FORK_FN["fn"](item)
+
+
+def fork_map(fn: Callable[[Any], Any], items: Iterable, workers: int = 1, chunksize: int = 1,
+             on_result: Callable[[Any], None] | None = None) -> list:
+    """``[fn(item) for item in items]``, in ``workers`` forked processes (each single-threaded)
+    when ``workers > 1`` and the platform can fork, else here. Workers inherit ``fn`` and whatever
+    it closes over (models, large cached tensors: shared copy-on-write, never pickled); only the
+    items and the results cross between processes. Results come back in item order;
+    ``on_result(result)`` is called as each arrives (e.g. to advance a progress bar)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    items = list(items)
+    out = []
+    if int(workers) <= 1 or len(items) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        for item in items:
+            out.append(fn(item))
+            if on_result is not None:
+                on_result(out[-1])
+        return out
+    _FORK_FN["fn"] = fn
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(int(workers), len(items)), mp_context=ctx, initializer=_fork_init) as ex:
+            for result in ex.map(_fork_call, items, chunksize=max(1, int(chunksize))):
+                out.append(result)
+                if on_result is not None:
+                    on_result(result)
+    finally:
+        _FORK_FN.clear()
+    return out

@@ -6,7 +6,7 @@ generated sentences (identity check: premise repeated as hypothesis)?
     OMP_NUM_THREADS=1 .venv/bin/python scripts/probe_nli_hans.py      # ~8-9 min on one core
 
 Env: PROBE_N_TRAIN (default: all 20,000 SNLI-2 training pairs), PROBE_N_TEST, PROBE_EPOCHS (2),
-PROBE_N_PER_SUBCASE (30), PROBE_SAVE (a path to save the trained state dict; default: not saved).
+PROBE_N_PER_SUBCASE (30), PROBE_TOP_LAYERS (2), PROBE_SAVE (a path to save the trained state dict; default: not saved).
 One run (2026-12-02, 1 thread): SNLI-2 test accuracy 0.876; entailed / non-entailed accuracy on the
 snli style 0.91 / 0.07 (lexical overlap), 0.94 / 0.11 (subsequence), 0.69 / 0.19 (constituent).
 """
@@ -66,10 +66,10 @@ say(f"SNLI-2 train {len(train_ds)} (label counts {np.bincount(train_ds.labels).t
     f"majority-class test accuracy {np.bincount(test_ds.labels).max() / len(test_ds):.4f})")
 
 model = repro.models.text_classifier(num_classes=2, model_name="minilm", max_length=MAX_LENGTH,
-                                     train_top_layers=2, attn_implementation="eager",
+                                     train_top_layers=int(os.environ.get("PROBE_TOP_LAYERS", "2")), attn_implementation="eager",
                                      frozen_in_eval=True, seed=SEED)
 n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-say(f"model: MiniLM-L6, top 2 layers + pooler + classifier trainable ({n_trainable:,} params), "
+say(f"model: MiniLM-L6, top {os.environ.get('PROBE_TOP_LAYERS', '2')} layers + pooler + classifier trainable ({n_trainable:,} params), "
     f"max_length {MAX_LENGTH}")
 
 # ----------------------------------------------------------------------------- cache + train

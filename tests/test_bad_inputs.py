@@ -476,3 +476,21 @@ def test_fastif_result_carries_lissa_convergence(run, data):
     assert res.lissa_converged is False
     assert FastIF(model, train, k=5, params="last", weight_decay=0.01, scale=50.0, damp=0.01, depth=3,
                   batch_size=8, progress=False, device="cpu").candidates(test.subset([0])).lissa_converged is None
+
+
+def test_finite_check_is_remembered_only_for_the_same_unchanged_tensor():
+    """A large input found finite is not rescanned, but an in-place change (NaN written into it)
+    or a new tensor with the same shape is checked again."""
+    from repro.checks import check_finite_inputs
+
+    x = torch.zeros(300, 300)
+    ids = torch.arange(300)
+    check_finite_inputs({"x": x}, ids)   # scanned, remembered
+    check_finite_inputs({"x": x}, ids)   # remembered: no scan needed
+    x[7, 3] = float("inf")               # in place: the version counter moves
+    with pytest.raises(NonFiniteInputError, match=r"ids \[7\]"):
+        check_finite_inputs({"x": x}, ids)
+    y = torch.zeros(300, 300)
+    y[11, 0] = float("nan")
+    with pytest.raises(NonFiniteInputError, match=r"ids \[11\]"):
+        check_finite_inputs({"x": y}, ids)

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -46,6 +44,7 @@ from repro.influence.lastlayer import LastLayerInfluence, RepresenterPoints
 from repro.influence.tracin import TracInCP, resolve_checkpoints
 from repro.influence.tracin_we import TracInWE
 from repro.train import TrainConfig, Trainer, predict
+from repro.utils import fork_map
 from repro.utils import progress as _progress
 
 __all__ = ["METHODS", "LAST_LAYER_METHODS", "method_scores", "all_method_scores", "make_retrain",
@@ -270,38 +269,17 @@ def _label_probs(model, data) -> np.ndarray:
     return F.softmax(logits, 1).gather(1, batch.labels.view(-1, 1)).squeeze(1).numpy()
 
 
-_WORK: dict = {}  # what forked workers inherit: the retrain function and the data
-
-
-def _work(key):
-    seed, ids = key
-    w = _WORK
-    return key, _label_probs(w["retrain"](w["train"], seed, ids), w["test"])
-
-
-def _worker_init():
-    torch.set_num_threads(1)
-
-
 def _retrain_all(keys, retrain, train, test, workers: int, bar) -> dict:
     """``{(seed, deleted ids): label probabilities of test}`` for every key, in ``workers`` forked
     processes (1: here)."""
-    out = {}
-    if workers <= 1 or len(keys) < 2:
-        for key in keys:
-            out[key] = _label_probs(retrain(train, key[0], key[1]), test)
-            bar.update(1)
-        return out
-    _WORK.update(retrain=retrain, train=train, test=test)
-    try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(int(workers), mp_context=ctx, initializer=_worker_init) as ex:
-            for key, probs in ex.map(_work, keys, chunksize=max(1, min(8, len(keys) // (4 * workers)))):
-                out[key] = probs
-                bar.update(1)
-    finally:
-        _WORK.clear()
-    return out
+    keys = list(keys)
+
+    def one(key):
+        return _label_probs(retrain(train, key[0], key[1]), test)
+
+    probs = fork_map(one, keys, workers, chunksize=max(1, min(8, len(keys) // (4 * max(1, int(workers))))),
+                     on_result=lambda _: bar.update(1))
+    return dict(zip(keys, probs))
 
 
 def case_deletion(scores: dict[str, torch.Tensor], train, test, retrain: Retrain, ks: Sequence[int] = (10,),

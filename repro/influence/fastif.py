@@ -326,11 +326,27 @@ class FastIF(Estimator):
         return self.influence.train_ids
 
     # ------------------------------------------------------------------ setup
-    def fit(self, train, build_index: bool = True) -> "FastIF":
+    def fit(self, train, build_index: bool = True, index: "KNNIndex | None" = None) -> "FastIF":
         """Set the training set (Hessian samples, candidates) and build the kNN index over its
-        features; returns ``self``."""
+        features; returns ``self``.
+
+        Args:
+            train: the training data.
+            build_index: compute the features of ``train`` and build the index (else the caller
+                sets ``index`` later).
+            index: a prebuilt :class:`KNNIndex` over ``train``'s rows, reused as is (e.g. the
+                starting model's index while the model is fine-tuned step by step, as FastIF's
+                HANS correction does); its length must equal ``len(train)``.
+        """
         self.influence.fit(train)
-        if build_index:
+        if index is not None:
+            if not isinstance(index, KNNIndex):
+                raise TypeError(f"index must be a KNNIndex, got {type(index).__name__}")
+            if len(index) != len(self.train):
+                raise ValueError(f"the index holds {len(index)} rows but the training set has "
+                                 f"{len(self.train)} examples")
+            self.index, self.index_time_s = index, 0.0
+        elif build_index:
             t0 = time.perf_counter()
             feats = self.features(self.train)
             self.index = KNNIndex(feats, self.knn_backend, self.knn_chunk)
