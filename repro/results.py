@@ -106,6 +106,14 @@ def _plain_name(name: str) -> str:
     return name
 
 
+class SavedFile(type(Path())):
+    """A result file just written: an ordinary :class:`pathlib.Path` that displays nothing when it
+    is the last value of a notebook cell (no machine paths echoed into executed notebooks)."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
 class ResultWriter:
     """Collects a run's outputs in ``<root>/<notebook>/<profile>/``."""
 
@@ -126,23 +134,24 @@ class ResultWriter:
         """``<result folder>/<name>``; ``name`` must be a plain file name (no folders, no ``..``)."""
         return self.dir / _plain_name(name)
 
-    def table(self, name: str, frame, index: bool = False) -> Path:
+    def table(self, name: str, frame, index: bool = False) -> SavedFile:
         """Write a pandas DataFrame as ``<name>.csv``."""
         p = atomic_write_with(self.path(f"{name}.csv"), lambda tmp: frame.to_csv(tmp, index=index))
         self.files.append(p.name)
-        return p
+        return SavedFile(p)
 
-    def figure(self, name: str, fig, dpi: int = 130) -> Path:
+    def figure(self, name: str, fig, dpi: int = 130) -> SavedFile:
         """Save a matplotlib figure as ``<name>.png``."""
         p = atomic_write_with(self.path(f"{name}.png"),
                               lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
         self.files.append(p.name)
-        return p
+        return SavedFile(p)
 
-    def json(self, name: str, obj) -> Path:
+    def json(self, name: str, obj) -> SavedFile:
+        """Write a JSON-serialisable object as ``<name>.json``."""
         p = atomic_write_json(self.path(f"{name}.json"), obj)
         self.files.append(p.name)
-        return p
+        return SavedFile(p)
 
     def finish(self, metrics: dict, notes: list[str] | None = None, claims: list[dict] | None = None) -> Path:
         """Write ``metrics.json`` (headline numbers + provenance); call once, at the end.

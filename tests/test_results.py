@@ -20,7 +20,12 @@ def test_result_writer_records_provenance(tmp_path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots()
     ax.plot([0, 1])
-    w.figure("f", fig)
+    saved = w.figure("f", fig)
+    # an ordinary path, but a notebook cell ending in it shows nothing (no machine path echoed)
+    assert saved == tmp_path / "demo" / "cpu" / "f.png" and saved.is_file()
+    from IPython.core.interactiveshell import InteractiveShell
+    data, _ = InteractiveShell.instance().display_formatter.format(saved)
+    assert data == {}  # the kernel sends no execute_result for an empty format dict
     w.finish({"acc": 0.5})
     m = read_metrics("demo", "cpu", root=tmp_path)
     assert m["metrics"] == {"acc": 0.5} and m["params"] == {"seed": 1}
