@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     cl.add_argument("--results", type=Path, help="results root (default: results/ of the checkout)")
     run = sub.add_parser("run", help="run one notebook (or 'all') with a profile")
     run.add_argument("notebook", help="notebook name (e.g. quickstart) or 'all'")
-    run.add_argument("--profile", default="cpu", help="smoke | cpu | gpu | paper (default: cpu)")
+    run.add_argument("--profile", default="smoke", help="smoke | cpu | gpu | paper (default: smoke, as in the notebooks; make reproduce passes cpu)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one parameter of the profile (repeatable)")
     run.add_argument("--params-file", type=Path, help="YAML mapping of parameter overrides")
