@@ -403,6 +403,8 @@ gains = correction_gains(runs, by=["lr", "pool"])
 contrast_rows = []
 for (lr, pool_name), g in gains[gains["mode"] != "anchors"].groupby(["lr", "pool"], sort=False):
     for a, b in (("helpful", "random"), ("helpful", "harmful")):
+        if not {a, b} <= set(g["mode"]):
+            continue  # a sensitivity row may run fewer modes (fix_sensitivity_modes)
         for metric in ("accuracy", "entailed_accuracy", "non_entailed_accuracy"):
             d = paired_contrast(g, a, b, metric)["diff"].to_numpy()
             m, ci = mean_ci(d)
