@@ -211,6 +211,11 @@ def test_one_training_epoch_on_the_cache_equals_the_uncached_epoch(minilm):
     moved = (weights[0]["classifier.weight"] - minilm[0].classifier.weight).abs().max()
     assert moved > 1e-4  # it did train
     for k in weights[0]:
+        if k.endswith("attention.self.key.bias"):
+            # the softmax ignores a shift shared by all keys: this bias's gradient is exactly 0 and
+            # numerically rounding noise, which AdamW's normalisation turns into lr-sized steps
+            # that differ with the summation order; it does not change any output
+            continue
         assert torch.allclose(weights[0][k], weights[1][k], atol=1e-5), k
 
 
