@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from repro.data.core import Batch, TextDataset
 from repro.errors import InvalidParameterError, UnknownNameError
+from repro.experiments.masked import encode
 from repro.train import predict
 
 # (model, anchors) -> (candidate positions into the pool, scores with positive = helpful)
@@ -89,14 +90,6 @@ def _as_split(model, data) -> HansSplit:
     if isinstance(data, TextDataset):
         return HansSplit.from_dataset(model, data)
     raise TypeError(f"expected a HANS-style TextDataset or a HansSplit, got {type(data).__name__}")
-
-
-def _as_pool(model, pool) -> Batch:
-    if isinstance(pool, Batch):
-        return pool
-    if isinstance(pool, TextDataset):
-        return model.encode(pool)
-    raise TypeError(f"the candidate pool must be a TextDataset or a model-ready Batch, got {type(pool).__name__}")
 
 
 def split_anchor_test(hans, anchor_fraction: float = 0.5, seed: int = 0):
@@ -185,7 +178,7 @@ def correction_run(model, pool, anchors, test, heuristic: str, mode: str, scorer
     if mode in ("helpful", "harmful") and scorer is None:
         raise InvalidParameterError(f"mode {mode!r} needs a scorer")
     model = copy.deepcopy(model).to(device).eval()
-    pool = _as_pool(model, pool)
+    pool = encode(model, pool)
     anchors, test = _as_split(model, anchors), _as_split(model, test)
     ok = anchors.heuristic == heuristic
     if anchor_label is not None:
@@ -230,7 +223,7 @@ def correction_experiment(model, pool, anchors, test, scorer: Scorer | None, heu
     from repro.utils import progress as _progress
 
     model = copy.deepcopy(model).eval()
-    pool = _as_pool(model, pool)
+    pool = encode(model, pool)
     anchors, test = _as_split(model, anchors), _as_split(model, test)
     jobs = [(h, m, r) for h in heuristics for m in modes for r in range(replicas)]
 
