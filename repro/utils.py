@@ -98,12 +98,64 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def progress(iterable=None, **kwargs):
-    """A tqdm progress bar that renders as a widget in Jupyter and as text elsewhere."""
-    from tqdm.auto import tqdm
+def progress_mode() -> str:
+    """How progress bars render: ``$REPRO_PROGRESS`` (``widget``, ``text``, ``log`` or ``off``) if set,
+    else ``widget`` in an interactive Jupyter front end (JupyterLab, Notebook), ``log`` in a kernel
+    that nobody watches (papermill, nbmake, nbconvert: their execute requests do not allow stdin),
+    and ``text`` in a terminal or script."""
+    import os
 
-    kwargs.setdefault("dynamic_ncols", True)
-    kwargs.setdefault("mininterval", 1.0)
+    mode = os.environ.get("REPRO_PROGRESS", "").strip().lower()
+    if mode in ("widget", "text", "log", "off"):
+        return mode
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+    except ImportError:
+        kernel = None
+    if kernel is None:
+        return "text"
+    return "widget" if getattr(kernel, "_allow_stdin", False) else "log"
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar: a widget in JupyterLab, a text bar in a terminal, and in a notebook
+    executed headless (papermill, nbmake) a quiet text bar: shown only for loops longer than 5 s,
+    refreshed at most every 30 s, so the saved notebook holds a few lines, not one per update
+    (``repro run`` also merges them). ``REPRO_PROGRESS=off`` hides every bar (see
+    :func:`progress_mode`)."""
+    mode = progress_mode()
+    if mode == "off":
+        kwargs["disable"] = True
+    if mode == "widget":
+        try:
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm
+        except ImportError:
+            from tqdm import tqdm
+            mode = "log"
+    else:
+        from tqdm import tqdm
+    if mode == "log":
+        import sys
+
+        class _Quiet(tqdm):  # postfix / description changes wait for the next timed refresh
+            def set_postfix(self, ordered_dict=None, refresh=True, **kw):
+                super().set_postfix(ordered_dict, refresh=False, **kw)
+
+            def set_description(self, desc=None, refresh=True):
+                super().set_description(desc, refresh=False)
+
+        tqdm = _Quiet
+        kwargs.setdefault("file", sys.stderr)
+        kwargs.setdefault("mininterval", 30.0)
+        kwargs.setdefault("maxinterval", 120.0)
+        kwargs.setdefault("delay", 5.0)
+        kwargs.setdefault("ncols", 100)
+    elif mode == "text":
+        kwargs.setdefault("dynamic_ncols", True)
+        kwargs.setdefault("mininterval", 1.0)
     return tqdm(iterable, **kwargs)
 
 

@@ -18,7 +18,7 @@ from repro.results import ResultWriter
 
 BODY = {
     "ok": "from repro.results import ResultWriter\nw = ResultWriter('{name}', profile)\n"
-          "w.json('extra', {{'value': overrides.get('value', 1)}})\nw.finish({{'value': overrides.get('value', 1)}})",
+          "v = 1 if value is ... else value\nw.json('extra', {{'value': v}})\nw.finish({{'value': v}})",
     "fail": "from repro.results import ResultWriter\nw = ResultWriter('{name}', profile)\n"
             "w.json('extra', {{'value': -1}})\nw.finish({{'value': -1}})\nraise RuntimeError('boom')",
     "slow": "import os, time\nfrom repro.results import ResultWriter\nw = ResultWriter('{name}', profile)\n"
@@ -35,7 +35,7 @@ def sandbox(tmp_path, monkeypatch):
     for kind, body in BODY.items():
         name = f"nb_{kind}"
         nb = nbformat.v4.new_notebook()
-        nb.cells = [nbformat.v4.new_code_cell("profile = 'smoke'\noverrides = {}", metadata={"tags": ["parameters"]}),
+        nb.cells = [nbformat.v4.new_code_cell("profile = 'smoke'\nresults_dir = None\nvalue = ...", metadata={"tags": ["parameters"]}),
                     nbformat.v4.new_code_cell(body.format(name=name))]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, nbs / f"{name}.ipynb")

@@ -7,14 +7,25 @@ from repro import profiles
 from repro.results import ResultWriter, runs_root
 
 
-def start(notebook: str, profile: str, overrides: dict | None = None, results_dir=None):
+def start(notebook: str, namespace: dict):
     """Resolve the notebook's parameters and open its result folder.
 
-    Returns ``(params, writer, run_dir)``; ``run_dir`` is where training runs (checkpoints) of this
-    notebook and profile go (``runs/<notebook>/<profile>``, git-ignored)."""
+    Call it as ``start("quickstart", globals())`` right after the ``parameters`` cell: the profile
+    (``profile``), the results root (``results_dir``) and every parameter not left at ``...`` are
+    read from the notebook's variables (so ``papermill -p profile cpu -p seed 1`` does what it says;
+    a mistyped name is an error). Returns ``(params, writer, run_dir)``; ``run_dir`` is where this
+    notebook keeps training runs (checkpoints): ``runs/<notebook>/<profile>`` for the profile's own
+    parameters, ``runs/<notebook>/<profile>-<hash>`` when some were overridden (git-ignored).
+
+    The smoke profile prints a banner: its numbers only show that the code runs."""
+    profile, overrides, results_dir = profiles.from_namespace(notebook, namespace)
     params = profiles.resolve(notebook, profile, overrides)
     writer = ResultWriter(notebook, profile, params=params, root=results_dir)
-    return params, writer, runs_root() / notebook / profile
+    if profile == "smoke":
+        print(f"SMOKE TEST ({notebook}): tiny data and one or two epochs, to check that the notebook runs "
+              "(seconds; what CI executes). Its numbers and figures mean nothing; run "
+              f"`repro run {notebook} --profile cpu` (or papermill -p profile cpu) for results.")
+    return params, writer, runs_root() / notebook / profiles.run_key(notebook, profile, overrides)
 
 
 def history_frame(histories: dict[str, list[dict]]) -> pd.DataFrame:

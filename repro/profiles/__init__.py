@@ -81,3 +81,128 @@ def check_override(notebook: str, key: str, default, value) -> None:
         raise InvalidParameterError(
             f"parameter {key!r} of {notebook} takes {'an' if want[0] in 'aeiou' else 'a'} {want} (profile value {default!r}), got {value!r} "
             f"({got}); e.g. --set {key}={default if not isinstance(default, (list, dict)) else default!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Papermill-native parameters: every key of a notebook's profile is a top-level variable of its
+# ``parameters`` cell. ``...`` (Ellipsis) there means "the chosen profile's value"; anything else
+# (``None`` included) is an explicit value and wins over the profile.
+
+RESERVED = ("profile", "results_dir")
+UNSET = ...  # the parameters cell's marker for "take the profile's value"
+_LITERALS = (bool, int, float, str, list, dict, tuple, type(None), type(...))
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open", "display"}
+
+
+def keys(notebook: str) -> list[str]:
+    """Parameter names of a notebook (its ``defaults`` block, in file order); every profile may
+    only set these."""
+    spec = _read(notebook)
+    names = list(spec.get("defaults") or {})
+    for prof, block in spec.items():
+        extra = sorted(set(block or {}) - set(names)) if prof != "defaults" else []
+        if extra:
+            raise InvalidParameterError(f"profile {prof!r} of {notebook} sets {extra}, which its defaults "
+                                        "block lacks; every parameter needs a default")
+    clash = sorted(set(names) & set(RESERVED))
+    if clash:
+        raise InvalidParameterError(f"{notebook}'s profiles use the reserved name(s) {clash}")
+    return names
+
+
+def _yaml_comments(notebook: str) -> dict[str, str]:
+    """Inline comments of the ``defaults`` block (``  key: value  # comment``), keyed by name."""
+    import re
+
+    out, inside = {}, False
+    for line in (PROFILE_DIR / f"{notebook}.yaml").read_text().splitlines():
+        if re.match(r"^defaults\s*:", line):
+            inside = True
+            continue
+        if inside and re.match(r"^\S", line):
+            break
+        m = re.match(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$", line) if inside else None
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def parameters_cell(notebook: str) -> str:
+    """Source of the notebook's ``parameters`` cell, generated from its profiles (one variable per
+    key, ``...`` = the profile's value, a comment with the type and each profile's value).
+    ``scripts/sync_notebooks.py`` writes it into the notebook; a test checks it is current."""
+    spec = _read(notebook)
+    names = keys(notebook)
+    profs = profiles(notebook)
+    comments = _yaml_comments(notebook)
+    resolved = {p: resolve(notebook, p) for p in profs}
+    lines = [
+        "# Parameters (papermill: -p NAME VALUE; repro run: --set NAME=VALUE; or edit here).",
+        "# `...` = the value of the chosen profile; `repro params " + notebook + " --profile cpu` lists them.",
+        "# Any other value, None included, overrides the profile. Unknown names are an error.",
+        'profile: str = "smoke"  # ' + " | ".join(profs) + " (smoke: a seconds-long test run, numbers meaningless)",
+        "results_dir = None  # results root; None: results/ of the checkout, or $REPRO_RESULTS",
+    ]
+    for k in names:
+        vals = [resolved[p][k] for p in profs]
+        kind = _kind(spec["defaults"][k]) if spec["defaults"][k] is not None else \
+            next((_kind(v) for v in vals if v is not None), "any")
+        if kind != "any" and any(v is None for v in vals):
+            kind += " or None"
+        if all(repr(v) == repr(vals[0]) for v in vals):
+            where = f"all profiles: {vals[0]!r}"
+        else:
+            where = ", ".join(f"{p} {v!r}" for p, v in zip(profs, vals))
+        note = f"; {comments[k]}" if k in comments else ""
+        ann = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "list": "list",
+               "mapping": "dict"}.get(kind.split(" ")[0])
+        help_text = f"{kind}; {where}{note}".replace("=", ":")  # papermill skips lines with two '='
+        lines.append(f"{k}{': ' + ann if ann else ''} = ...  # {help_text}")
+    return "\n".join(lines)
+
+
+def from_namespace(notebook: str, namespace: dict) -> tuple[str, dict, object]:
+    """``(profile, overrides, results_dir)`` from a notebook's global variables: the parameters
+    cell's names plus whatever papermill injected after it. Every name that is not ``...`` is an
+    explicit override. A literal-valued global that is not a parameter (a papermill ``-p`` with a
+    mistyped name, which papermill itself only warns about) raises :class:`UnknownNameError`; the
+    check runs on the first call in a kernel only, so re-running the cell in JupyterLab after
+    later cells defined their own variables is not mistaken for a typo."""
+    import difflib
+
+    names = keys(notebook)
+    profile = namespace.get("profile", "smoke")
+    if profile is UNSET or profile is None:
+        profile = "smoke"
+    if not isinstance(profile, str):
+        raise InvalidParameterError(f"profile must be a string ({' | '.join(profiles(notebook))}), got {profile!r}")
+    results_dir = namespace.get("results_dir")
+    results_dir = None if results_dir is UNSET else results_dir
+    if not namespace.get("_repro_started"):
+        known = set(names) | set(RESERVED)
+        unknown = sorted(k for k, v in namespace.items()
+                         if not k.startswith("_") and k not in known and k not in _IPYTHON_NAMES
+                         and isinstance(v, _LITERALS))
+        if unknown:
+            hints = {u: difflib.get_close_matches(u, sorted(known), n=1) for u in unknown}
+            hint = "; ".join(f"{u!r}: did you mean {h[0]!r}?" for u, h in hints.items() if h)
+            raise UnknownNameError(f"unknown parameter(s) {unknown} for {notebook}" + (f" ({hint})" if hint else "")
+                                   + f"; known: {sorted(known)}")
+        namespace["_repro_started"] = True
+    overrides = {k: namespace[k] for k in names if k in namespace and namespace[k] is not UNSET}
+    return profile, overrides, results_dir
+
+
+def run_key(notebook: str, profile: str, overrides: dict | None = None) -> str:
+    """Folder name of a run's checkpoints under ``runs/<notebook>/``: the profile's name when the
+    parameters are the profile's own, else ``<profile>-<hash of the parameters that differ>``, so
+    runs with different parameters (a sweep) never share, or fight over, a checkpoint folder."""
+    import hashlib
+    import json
+
+    base = resolve(notebook, profile)
+    diff = {k: v for k, v in (overrides or {}).items() if k in base and repr(base[k]) != repr(v)}
+    if not diff:
+        return profile
+    blob = json.dumps(diff, sort_keys=True, default=repr).encode()
+    return f"{profile}-{hashlib.sha256(blob).hexdigest()[:10]}"
