@@ -515,16 +515,45 @@ class Trainer:
         """
         t0 = time.perf_counter()
         cfg = self.config
+        train, eval_batch, masked = self._prepare_data(train, eval, exclude_ids, masked_ids)
+        model = self.model.to(self.device)
+        opt = self._optimizer()
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
+        record = self._run_record(train, exclude_ids)
+        if masked is not None:
+            record["masked_ids"] = sorted(int(i) for i in masked)
+        history: list[dict] = []
+        start_epoch = 0
+        if self.run_dir is not None:
+            start_epoch, history = self._prepare_run_dir(record, opt, sched, resume)
+        last_epoch = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for epoch in range(start_epoch + 1, last_epoch + 1):
+                row = self._train_epoch(train, epoch, steps_per_epoch, opt, sched, masked)
+                if eval_batch is not None:
+                    ev = evaluate(model, eval_batch, cfg.eval_batch_size, self.device)
+                    row.update({"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]})
+                history.append(row)
+                if self.run_dir is not None:
+                    if self._keep_epoch(epoch):
+                        self._checkpoint(f"epoch-{epoch:04d}", epoch, row["step"], row["lr"], row["lr_mean"], row)
+                    self._save_state(epoch, row["step"], history, opt, sched)
+        model.eval()
+        return TrainResult(self.run_dir, history, list_checkpoints(self.run_dir) if self.run_dir else [],
+                           time.perf_counter() - t0, resumed_from_epoch=start_epoch)
+
+    def _prepare_data(self, train, eval, exclude_ids, masked_ids):
+        """Apply ``exclude_ids``, encode train and eval data, check labels against the head and turn
+        ``masked_ids`` into a tensor (named errors for ids not in the data, or nothing left)."""
         if exclude_ids is not None and len(exclude_ids):
-            if isinstance(train, Dataset):
-                train = train.exclude(exclude_ids)
-            else:
+            if not isinstance(train, Dataset):
                 missing = np.setdiff1d(np.asarray(exclude_ids), train.ids.numpy())
                 if len(missing):
                     raise KeyError(f"{len(missing)} excluded id(s) not in the training set: {missing[:10].tolist()}")
-                train = train.exclude(exclude_ids)
+            train = train.exclude(exclude_ids)
         train = self._encode(train)
-        if cfg.group_by_length:
+        if self.config.group_by_length:
             train.lengths()  # non-text inputs: a named error now, not at the first epoch
         masked = None
         if masked_ids is not None and len(masked_ids):
@@ -539,83 +568,63 @@ class Trainer:
         if int(train.labels.min()) < 0 or (k is not None and int(train.labels.max()) >= k):
             from repro.errors import LabelRangeError
             raise LabelRangeError(f"training labels exceed the head's {self.model.num_classes} classes")
-        model = self.model.to(self.device)
-        opt = self._optimizer()
-        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
-        record = self._run_record(train, exclude_ids)
-        if masked is not None:
-            record["masked_ids"] = sorted(int(i) for i in masked)
-        history: list[dict] = []
-        start_epoch = 0
-        if self.run_dir is not None:
-            start_epoch, history = self._prepare_run_dir(record, opt, sched, resume)
+        return train, eval_batch, masked
+
+    def _train_epoch(self, train: Batch, epoch: int, steps_per_epoch: int, opt, sched, masked) -> dict:
+        """One epoch of mini-batch steps (seeded by ``seed`` and ``epoch``, so a resumed run takes the
+        same steps); step checkpoints on the way. Returns the epoch's history row."""
+        cfg, model = self.config, self.model
         amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
-        step = start_epoch * steps_per_epoch
-        last_epoch = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            for epoch in range(start_epoch + 1, last_epoch + 1):
-                torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-                model.train()
-                tot_loss, tot_correct, seen, lrs = 0.0, 0, 0, []
-                bar = progress(self._epoch_batches(train, epoch),
-                               total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
-                               disable=not cfg.progress, leave=False)
-                for mb in bar:
-                    mb = mb.to(self.device)
-                    w = None
-                    if masked is not None:
-                        w = (~torch.isin(mb.ids, masked.to(mb.ids.device))).float()
-                        if not bool(w.any()):  # every example of this mini-batch is deleted: no step
-                            lrs.append(opt.param_groups[0]["lr"])
-                            with warnings.catch_warnings():  # "scheduler step before optimizer step"
-                                warnings.simplefilter("ignore", UserWarning)
-                                sched.step()
-                            step += 1
-                            continue
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                        logits = model(**mb.inputs, ids=mb.ids)
-                        if w is None:
-                            loss = F.cross_entropy(logits.float(), mb.labels, label_smoothing=cfg.label_smoothing)
-                        else:
-                            ce = F.cross_entropy(logits.float(), mb.labels, reduction="none",
-                                                 label_smoothing=cfg.label_smoothing)
-                            loss = (ce * w).sum() / w.sum()
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"loss became {loss.item()} at epoch {epoch}, step {step}; lower the learning "
-                            f"rate (now {opt.param_groups[0]['lr']:.3g}) or check the inputs")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        step = (epoch - 1) * steps_per_epoch
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        model.train()
+        tot_loss, tot_correct, seen, lrs = 0.0, 0, 0, []
+        bar = progress(self._epoch_batches(train, epoch), total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
+                       disable=not cfg.progress, leave=False)
+        for mb in bar:
+            mb = mb.to(self.device)
+            w = None
+            if masked is not None:
+                w = (~torch.isin(mb.ids, masked.to(mb.ids.device))).float()
+                if not bool(w.any()):  # every example of this mini-batch is deleted: no step
                     lrs.append(opt.param_groups[0]["lr"])
-                    opt.step()
-                    sched.step()
+                    with warnings.catch_warnings():  # "scheduler step before optimizer step"
+                        warnings.simplefilter("ignore", UserWarning)
+                        sched.step()
                     step += 1
-                    n = len(mb) if w is None else int(w.sum())
-                    tot_loss += loss.item() * n
-                    hit = logits.argmax(1) == mb.labels
-                    tot_correct += int(hit.sum() if w is None else (hit.float() * w).sum())
-                    seen += n
-                    bar.set_postfix(loss=f"{tot_loss / seen:.3f}")
-                    end_of_kept_epoch = step == epoch * steps_per_epoch and self._keep_epoch(epoch)
-                    if (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and self.run_dir
-                            and not end_of_kept_epoch):  # never save the same weights twice
-                        self._checkpoint(f"step-{step:07d}", epoch, step, lrs[-1], float(np.mean(lrs)), {})
-                row = {"epoch": epoch, "step": step, "lr": lrs[-1], "lr_mean": float(np.mean(lrs)),
-                       "train_loss": tot_loss / seen, "train_accuracy": tot_correct / seen}
-                if eval_batch is not None:
-                    ev = evaluate(model, eval_batch, cfg.eval_batch_size, self.device)
-                    row.update({"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]})
-                history.append(row)
-                if self.run_dir is not None:
-                    if self._keep_epoch(epoch):
-                        self._checkpoint(f"epoch-{epoch:04d}", epoch, step, row["lr"], row["lr_mean"], row)
-                    self._save_state(epoch, step, history, opt, sched)
-        model.eval()
-        return TrainResult(self.run_dir, history, list_checkpoints(self.run_dir) if self.run_dir else [],
-                           time.perf_counter() - t0, resumed_from_epoch=start_epoch)
+                    continue
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(**mb.inputs, ids=mb.ids)
+                if w is None:
+                    loss = F.cross_entropy(logits.float(), mb.labels, label_smoothing=cfg.label_smoothing)
+                else:
+                    ce = F.cross_entropy(logits.float(), mb.labels, reduction="none",
+                                         label_smoothing=cfg.label_smoothing)
+                    loss = (ce * w).sum() / w.sum()
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step}; lower the learning "
+                    f"rate (now {opt.param_groups[0]['lr']:.3g}) or check the inputs")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+            step += 1
+            n = len(mb) if w is None else int(w.sum())
+            tot_loss += loss.item() * n
+            hit = logits.argmax(1) == mb.labels
+            tot_correct += int(hit.sum() if w is None else (hit.float() * w).sum())
+            seen += n
+            bar.set_postfix(loss=f"{tot_loss / seen:.3f}")
+            end_of_kept_epoch = step == epoch * steps_per_epoch and self._keep_epoch(epoch)
+            if (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and self.run_dir
+                    and not end_of_kept_epoch):  # never save the same weights twice
+                self._checkpoint(f"step-{step:07d}", epoch, step, lrs[-1], float(np.mean(lrs)), {})
+        return {"epoch": epoch, "step": step, "lr": lrs[-1], "lr_mean": float(np.mean(lrs)),
+                "train_loss": tot_loss / seen, "train_accuracy": tot_correct / seen}
 
     def _checkpoint(self, name, epoch, step, lr, lr_mean, metrics) -> None:
         meta = {"epoch": epoch, "step": step, "lr": lr, "lr_mean": lr_mean, "metrics": metrics,
