@@ -11,8 +11,8 @@ import torch
 
 from repro.data import load
 from repro.errors import NotFittedError
-from repro.influence import (FastIF, InfluenceFunction, LastLayerInfluence, RepresenterPoints, TracInCP,
-                             TurnOverInfluence)
+from repro.influence import (FastIF, InfluenceFunction, LastLayerCosine, LastLayerInfluence, RandomInfluence,
+                             RepresenterPoints, TracInCP, TurnOverInfluence)
 from repro.influence.base import Estimator, TopK
 from repro.models import mlp
 from repro.train import TrainConfig, Trainer
@@ -52,13 +52,18 @@ def make(name, model, run):
     if name == "fastif":  # every training example a candidate, so its dense scores have no NaN
         return FastIF(model, k=1000, params="last", scale=20.0, damp=0.01, depth=20, batch_size=8, seed=0,
                       progress=False)
+    if name == "cosine":
+        return LastLayerCosine(model, device="cpu")
+    if name == "random":
+        return RandomInfluence(model, seed=5)
     raise KeyError(name)
 
 
-ALL = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "representer", "turnover", "fastif"]
+ALL = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "representer", "turnover", "fastif",
+       "cosine", "random"]
 # self_influence = diag(scores(train)) by definition (representer's self-importance |alpha_i,y_i| is not)
 DIAGONAL = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "turnover"]
-GRADIENT = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "representer"]
+GRADIENT = ["tracincp_last", "tracincp_all", "influence_function", "last_layer_if", "representer", "cosine"]
 
 
 @pytest.mark.parametrize("name", ALL)

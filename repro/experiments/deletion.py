@@ -13,7 +13,8 @@ in the data with weight 0, so every retraining has the initialisation and mini-b
 full-data reference of its seed. The comparison is paired: method A and method B differ only in which
 examples got weight 0, which keeps the retraining noise far below what "drop and reshuffle" gives.
 
-* :func:`method_scores` -- every method as an ``(n_test, n_train)`` matrix, **positive = proponent**:
+* :data:`RECIPES` / :func:`method_scores` -- every method (an estimator of the registry
+  ``repro.influence.ESTIMATORS`` with preset settings) as an ``(n_test, n_train)`` matrix, **positive = proponent**:
   ``tracin_we`` (TracIn-WE over every checkpoint), ``tracin_we_2ck`` (two checkpoints, the middle and
   the last, no learning-rate factor: the authors' notebook), ``tracin_we_topk`` (top-k token rows),
   ``tracin_last`` (TracInCP on the last layer), ``if_last`` (influence function on the last layer,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -40,31 +42,49 @@ import torch.nn.functional as F
 
 from repro.errors import UnknownNameError
 from repro.influence.grads import as_batch
-from repro.influence.lastlayer import LastLayerInfluence, RepresenterPoints
-from repro.influence.tracin import TracInCP, resolve_checkpoints
-from repro.influence.tracin_we import TracInWE
+from repro.influence.tracin import resolve_checkpoints
 from repro.train import TrainConfig, Trainer, predict
 from repro.utils import fork_map
 from repro.utils import progress as _progress
 
-__all__ = ["METHODS", "LAST_LAYER_METHODS", "method_scores", "all_method_scores", "make_retrain",
+__all__ = ["METHODS", "LAST_LAYER_METHODS", "RECIPES", "Recipe", "method_scores", "all_method_scores", "make_retrain",
            "top_ids", "random_sets", "case_deletion", "unit_values", "paired_stats", "logodds", "summarize",
            "del_table", "effect_ratios"]
 
-# method name -> options it accepts (anything else raises: no silently ignored arguments)
-_WE_OPTIONS = {"lr_weighting", "exclude_special", "top_k_tokens", "n_checkpoints", "batch_size", "device", "progress"}
-_OPTIONS = {
-    "tracin_we": _WE_OPTIONS,
-    "tracin_we_2ck": _WE_OPTIONS,
-    "tracin_we_topk": _WE_OPTIONS,
-    "tracin_last": {"lr_weighting", "batch_size", "device", "progress"},
-    "tracin_middle": {"params", "lr_weighting", "batch_size", "device", "progress"},
-    "if_last": {"damping", "batch_size", "device"},
-    "representer": {"lam", "max_iter", "batch_size", "device"},
-    "grad_cos_last": {"batch_size", "device"},
-    "random": {"seed"},
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A deletion method: an estimator of :data:`repro.influence.ESTIMATORS` with preset settings.
+
+    Attributes:
+        estimator: its registry name.
+        config: settings passed to its constructor (a caller's options override them; an option
+            the constructor does not take raises TypeError naming the ones it takes).
+        weights: ``"run"`` -- the estimator gets the model and the run's checkpoints (TracIn
+            methods); ``"final"`` -- a copy of the model with the last checkpoint's weights;
+            ``"none"`` -- no model (the random baseline).
+        n_checkpoints: ``None`` = every checkpoint, else that many, evenly spaced, ending with the
+            last (see :func:`select_checkpoints`); callers may override it with ``n_checkpoints=``.
+    """
+
+    estimator: str
+    config: dict = dataclasses.field(default_factory=dict)
+    weights: str = "run"
+    n_checkpoints: int | None = None
+
+
+#: the methods of the case-deletion experiment, by name
+RECIPES: dict[str, Recipe] = {
+    "tracin_we": Recipe("tracin_we"),
+    "tracin_we_2ck": Recipe("tracin_we", {"lr_weighting": False}, n_checkpoints=2),
+    "tracin_we_topk": Recipe("tracin_we", {"top_k_tokens": 10}),
+    "tracin_last": Recipe("tracincp", {"params": "last"}),
+    "tracin_middle": Recipe("tracincp", {"params": "middle"}),
+    "if_last": Recipe("last_layer_influence", weights="final"),
+    "representer": Recipe("representer_points", weights="final"),
+    "grad_cos_last": Recipe("last_layer_cosine", weights="final"),
+    "random": Recipe("random", weights="none"),
 }
-METHODS = tuple(_OPTIONS)
+METHODS = tuple(RECIPES)
 LAST_LAYER_METHODS = ("tracin_last", "if_last", "representer", "grad_cos_last")
 Retrain = Callable[..., torch.nn.Module]  # (train, seed, deleted_ids=()) -> trained model
 
@@ -76,10 +96,6 @@ def _final_model(model, checkpoints):
     if checkpoints is not None:
         resolve_checkpoints(checkpoints)[-1].load_into(m)
     return m.eval()
-
-
-def _n(data) -> int:
-    return len(data)
 
 
 def select_checkpoints(checkpoints, n: int | None):
@@ -96,80 +112,52 @@ def select_checkpoints(checkpoints, n: int | None):
 
 def method_scores(name: str, model, checkpoints, train, test, **options) -> torch.Tensor:
     """Influence of every training example on every test example, ``(n_test, n_train)``, float32,
-    positive = proponent (helps the test example's label), for every method.
+    positive = proponent (helps the test example's label), for the method ``name`` of
+    :data:`RECIPES`: its estimator, built with the recipe's settings and ``options``, fitted on
+    ``train`` and scored on ``test``.
 
     Args:
         name: one of :data:`METHODS`.
         model: the model the checkpoints belong to (copied, never changed).
-        checkpoints: a run folder or Checkpoint(s) (TracIn methods use all of them, in order; the
-            others the last one), or ``None`` for the model's current weights.
+        checkpoints: a run folder or Checkpoint(s) (TracIn methods use all of them, in order, or
+            ``n_checkpoints`` of them; the others the last one), or ``None`` for the model's current
+            weights.
         train, test: Datasets or encoded Batches (columns / rows in their order).
-        options: per method (others raise TypeError):
-
-          * ``tracin_we`` / ``tracin_we_2ck`` / ``tracin_we_topk``: ``lr_weighting`` (True; False for
-            ``tracin_we_2ck``), ``exclude_special`` (True), ``top_k_tokens`` (None / None / 10),
-            ``n_checkpoints`` (None = all / 2 / None), ``batch_size``, ``device``, ``progress``;
-          * ``tracin_last``: ``lr_weighting`` (True), ``batch_size``, ``device``, ``progress``;
-          * ``tracin_middle``: TracInCP on ``params`` (default the model's ``"middle"`` group), same
-            options as ``tracin_last``;
-          * ``if_last``: ``damping`` (1e-3); ``representer``: ``lam`` (1e-3), ``max_iter``;
-          * ``grad_cos_last``: cosine of the last-layer loss gradients at the last checkpoint;
-          * ``random``: ``seed`` (0): i.i.d. normal scores (top-k = a random set).
+        options: settings of the method's estimator (e.g. ``damping`` for ``if_last``, ``lam`` for
+            ``representer``, ``seed`` for ``random``, ``batch_size`` / ``device`` / ``progress``),
+            plus ``n_checkpoints`` for the TracIn methods. Progress bars are off unless asked for.
     """
-    if name not in _OPTIONS:
+    from repro.influence import ESTIMATORS
+
+    if name not in RECIPES:
         raise UnknownNameError(f"unknown method {name!r}; use one of {METHODS}")
-    bad = set(options) - _OPTIONS[name]
+    recipe = RECIPES[name]
+    cls = ESTIMATORS[recipe.estimator]
+    config = {**recipe.config, **options}
+    n_ck = config.pop("n_checkpoints", recipe.n_checkpoints)
+    takes = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "checkpoints", "train"}
+    bad = sorted(set(config) - takes)
     if bad:
-        raise TypeError(f"method {name!r} takes no option(s) {sorted(bad)}; it takes {sorted(_OPTIONS[name])}")
-    o = dict(options)
-    if name in ("tracin_we", "tracin_we_2ck", "tracin_we_topk"):
-        if name == "tracin_we_topk":
-            o.setdefault("top_k_tokens", 10)
-        if name == "tracin_we_2ck":
-            o.setdefault("n_checkpoints", 2)
-            o.setdefault("lr_weighting", False)
-        n_ck = o.pop("n_checkpoints", None)
+        raise TypeError(f"method {name!r} ({cls.__name__}) takes no option(s) {bad}; it takes {sorted(takes)}"
+                        + (" and n_checkpoints" if recipe.weights == "run" else ""))
+    if "progress" in takes:
+        config.setdefault("progress", False)
+    if recipe.weights == "none":
+        return cls(model, **config).fit(train).scores(test).float()
+    if recipe.weights == "final":
         if n_ck is not None:
-            if checkpoints is None:
-                raise ValueError(f"{name} with n_checkpoints={n_ck} needs checkpoints (a run folder)")
-            checkpoints = select_checkpoints(checkpoints, n_ck)
-        o.setdefault("progress", False)
-        return TracInWE(model, checkpoints, **o).fit(train).scores(test)
-    if name in ("tracin_last", "tracin_middle"):
+            raise TypeError(f"method {name!r} uses the last checkpoint only; it takes no n_checkpoints")
+        return cls(_final_model(model, checkpoints), **config).fit(train).scores(test).float()
+    if recipe.estimator == "tracincp" and checkpoints is None:
+        raise ValueError(f"{name} needs checkpoints (a run folder or Checkpoint list)")
+    if n_ck is not None:
         if checkpoints is None:
-            raise ValueError(f"{name} needs checkpoints (a run folder or Checkpoint list)")
-        o.setdefault("progress", False)
-        params = o.pop("params", "middle") if name == "tracin_middle" else "last"
-        if name == "tracin_middle" and params == "middle" and "middle" not in model.group_prefixes():
-            raise UnknownNameError(f"{type(model).__name__} has no 'middle' parameter group; pass "
-                                   "tracin_middle's params=[parameter names]")
-        return TracInCP(model, checkpoints, params=params, **o).fit(train).scores(test)
-    if name == "random":
-        g = torch.Generator().manual_seed(int(o.get("seed", 0)))
-        return torch.randn(_n(test), _n(train), generator=g)
-    final = _final_model(model, checkpoints)
-    bs = o.pop("batch_size", 256) or 256
-    device = o.pop("device", "auto")
-    if name == "if_last":
-        return LastLayerInfluence(final, train, batch_size=bs, device=device, **o).scores(test).float()
-    if name == "representer":
-        return RepresenterPoints(final, train, batch_size=bs, device=device, **o).scores(test).float()
-    # grad_cos_last: g = (e a^T, e) so g.g' = (e.e')(a.a' + 1) and |g|^2 = |e|^2 (|a|^2 + 1)
-    from repro.influence.lastlayer import softmax_errors, features_and_logits
-
-    def factors(data):
-        a, logits, batch = features_and_logits(final, data, bs, device)
-        e = softmax_errors(logits, batch.labels)
-        if final.last_layer.bias is not None:
-            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1)
-        return e, a
-
-    e_te, a_te = factors(test)
-    e_tr, a_tr = factors(train)
-    dots = (e_te @ e_tr.T) * (a_te @ a_tr.T)
-    n_te = e_te.norm(dim=1) * a_te.norm(dim=1)
-    n_tr = e_tr.norm(dim=1) * a_tr.norm(dim=1)
-    return (dots / (n_te[:, None] * n_tr[None, :]).clamp_min(1e-30)).float()
+            raise ValueError(f"{name} with n_checkpoints={n_ck} needs checkpoints (a run folder)")
+        checkpoints = select_checkpoints(checkpoints, n_ck)
+    if config.get("params") == "middle" and "middle" not in model.group_prefixes():
+        raise UnknownNameError(f"{type(model).__name__} has no 'middle' parameter group; pass "
+                               f"{name}'s params=[parameter names]")
+    return cls(model, checkpoints, **config).fit(train).scores(test).float()
 
 
 def all_method_scores(names: Iterable[str], model, checkpoints, train, test,

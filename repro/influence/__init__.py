@@ -12,7 +12,8 @@
 * :class:`TracInWE` (``repro.influence.tracin_we``): TracIn on word-embedding rows of shared tokens
   (sparse), top-k variant, word-level attributions; ``cancellation_ratio``.
 * :class:`TurnOverInfluence` (``repro.influence.turnover``): turn-over dropout influence.
-* Last-layer baselines (``repro.influence.lastlayer``): exact-Hessian influence, representer points.
+* Last-layer baselines (``repro.influence.lastlayer``): exact-Hessian influence, representer points,
+  gradient cosine; :class:`RandomInfluence` (``repro.influence.base``): seeded random scores.
 
 Sign convention everywhere: **positive = helpful / proponent** (training on the example lowers the
 test loss). ``InfluenceFunction.paper_influence`` gives Koh & Liang's / FastIF's sign (negative =
@@ -32,11 +33,11 @@ from repro.influence.hessian import (LissaConfig, LissaDivergedError, TrainingOb
                                      conjugate_gradient, exact_ihvp, lissa)
 from repro.influence.ifunc import SOLVERS, InfluenceFunction
 from repro.influence.fastif import FastIF, FastIFResult, KNNIndex, compute_features, faiss_available, knn_recall
-from repro.influence.lastlayer import LastLayerInfluence, RepresenterPoints
+from repro.influence.lastlayer import LastLayerCosine, LastLayerInfluence, RepresenterPoints
 from repro.influence.turnover import TurnOverInfluence
 from repro.influence.tracin_we import (TokenGrads, TracInWE, cancellation_ratio, cancellation_ratio_from_grads,
                                        position_grads, sparse_dot, token_grads, word_embedding_module)
-from repro.influence.base import Estimator, TopK
+from repro.influence.base import Estimator, RandomInfluence, TopK
 
 #: The estimators by name (configuration in their constructors, data in ``fit``).
 ESTIMATORS = {
@@ -47,6 +48,8 @@ ESTIMATORS = {
     "last_layer_influence": LastLayerInfluence,
     "representer_points": RepresenterPoints,
     "turnover": TurnOverInfluence,
+    "last_layer_cosine": LastLayerCosine,
+    "random": RandomInfluence,
 }
 
 
@@ -60,7 +63,7 @@ def estimator(name: str, *args, **config):
     return ESTIMATORS[name](*args, **config)
 
 
-__all__ = ["ESTIMATORS", "Estimator", "TopK", "estimator", "TokenGrads", "TracInWE", "cancellation_ratio", "cancellation_ratio_from_grads", "position_grads",
+__all__ = ["ESTIMATORS", "Estimator", "LastLayerCosine", "RandomInfluence", "TopK", "estimator", "TokenGrads", "TracInWE", "cancellation_ratio", "cancellation_ratio_from_grads", "position_grads",
            "sparse_dot", "token_grads", "word_embedding_module", "FastIF", "FastIFResult", "InfluenceFunction", "KNNIndex", "LastLayerInfluence", "LissaConfig",
            "LissaDivergedError", "RepresenterPoints", "SOLVERS", "TrainingObjective", "TurnOverInfluence",
            "WeightDecay", "compute_features", "conjugate_gradient", "exact_ihvp", "faiss_available",

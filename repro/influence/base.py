@@ -25,7 +25,7 @@ import torch
 from repro.checks import check_k
 from repro.errors import NotFittedError
 
-__all__ = ["Estimator", "TopK", "proponents_opponents"]
+__all__ = ["Estimator", "RandomInfluence", "TopK", "proponents_opponents"]
 
 
 @dataclass(frozen=True)
@@ -110,4 +110,42 @@ class Estimator:
 
         check_k(k)
         batch = as_batch(self.model, test)  # encoded once, for the scores and the ids
+        return proponents_opponents(self.scores(batch), self.train_ids, batch.ids, k)
+
+
+class RandomInfluence(Estimator):
+    """I.i.d. standard-normal scores, seeded: the random baseline of deletion and detection
+    experiments (its top-k is a random set). The model is optional: it is only used to read the
+    data as elsewhere (``as_batch``); without one, a repro Dataset, a Batch or ``(inputs, labels[,
+    ids])`` tensors are taken as they are (ids from the data, else positions)."""
+
+    def __init__(self, model=None, seed: int = 0):
+        self.model, self.seed = model, int(seed)
+
+    def _batch(self, data):
+        from repro.data.core import Batch, Dataset, batch_from
+        from repro.influence.grads import as_batch
+
+        if self.model is not None or isinstance(data, Batch):
+            return as_batch(self.model, data)
+        if isinstance(data, Dataset):
+            from types import SimpleNamespace
+            return SimpleNamespace(ids=torch.as_tensor(data.ids), n=len(data))
+        return batch_from(data, "x")
+
+    def fit(self, train) -> "RandomInfluence":
+        """Remember the training ids; returns self."""
+        self._train = self._batch(train)
+        return self
+
+    def scores(self, test) -> torch.Tensor:
+        """``(n_test, n_train)`` normal draws from a generator seeded with ``seed`` (the same call
+        gives the same matrix)."""
+        self._check_fitted()
+        g = torch.Generator().manual_seed(self.seed)
+        return torch.randn(len(self._batch(test).ids), len(self._train.ids), generator=g)
+
+    def top_k(self, test, k: int = 5) -> TopK:
+        check_k(k)
+        batch = self._batch(test)
         return proponents_opponents(self.scores(batch), self.train_ids, batch.ids, k)

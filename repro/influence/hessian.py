@@ -121,22 +121,6 @@ class WeightDecay:
 
 
 # ---------------------------------------------------------------------------- objective
-def _ce_keep_precision(logits, labels):
-    # cross-entropy in float32, or in float64 for float64 models (exact tests need the precision)
-    if logits.dtype != torch.float64:
-        logits = logits.float()
-    return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-
-
-def _training_target(target):
-    """The per-example training loss: ``None``/``"loss"`` -> cross-entropy (float64 kept for
-    float64 models), else :func:`repro.influence.grads.resolve_target`."""
-    if target is None or target == "loss":
-        from repro.influence.grads import Target
-        return Target(_ce_keep_precision, "loss", False)
-    return resolve_target(target)
-
-
 def stream_seed(seed: int, repetition: int) -> int:
     """Seed of the mini-batch stream of LiSSA repetition ``repetition`` (independent of how many
     repetitions run and on which worker, so parallel and sequential runs draw the same batches)."""
@@ -169,7 +153,7 @@ class TrainingObjective:
             raise EmptyDatasetError("the training objective needs at least one example")
         self.names = param_names(model, params)
         self.weight_decay = WeightDecay.resolve(weight_decay)
-        self.target = _training_target(target)
+        self.target = resolve_target(target)  # None / "loss": cross-entropy, float64 kept
         if device is not None:
             model.to(device)
         p = dict(model.named_parameters())

@@ -192,7 +192,7 @@ class RepresenterPoints(Estimator):
         """Representer values (n_test, n_train) for the test label (or ``classes``): alpha_i,c (f_i . f_t).
         Positive = the training point pushes the test point towards that class (proponent)."""
         self._check_fitted()
-        feats, _, batch = features_and_logits(self.model, test)
+        feats, _, batch = features_and_logits(self.model, test, self.batch_size, self.device)
         c = batch.labels if classes is None else torch.as_tensor(classes)
         return ((feats @ self.feats.T) * self.alpha[:, c].T).float()
 
@@ -203,6 +203,44 @@ class RepresenterPoints(Estimator):
         return self.alpha.gather(1, self.labels[:, None]).squeeze(1).abs().float()
 
     self_importance = self_influence
+
+
+class LastLayerCosine(Estimator):
+    """Cosine similarity of last-layer loss gradients (a baseline of Yeh et al. 2022): for
+    ``logits = W a + b`` the gradient of the loss is ``g = (e a^T, e)`` with ``e = softmax - onehot``,
+    so ``g . g' = (e . e') (a . a' + 1)`` and ``|g|^2 = |e|^2 (|a|^2 + 1)`` (``+ 1`` only with a
+    bias); no ``dW`` is formed. Positive = the gradients point the same way (proponent).
+
+    Args:
+        model: trained classifier (a repro model or any ``nn.Module``; its last ``nn.Linear``).
+        batch_size, device: for the feature pass.
+    """
+
+    def __init__(self, model, batch_size: int = 256, device="auto"):
+        self.model = as_model(model)
+        self.batch_size, self.device = batch_size, device
+        self.bias = self.model.last_layer.bias is not None
+
+    def _factors(self, data):
+        a, logits, batch = features_and_logits(self.model, data, self.batch_size, self.device)
+        e = softmax_errors(logits, batch.labels)
+        if self.bias:
+            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1)
+        return e, a, batch
+
+    def fit(self, train) -> "LastLayerCosine":
+        """Gradient factors (``e``, ``a``) of the training examples; returns self."""
+        self.e, self.a, self._train = self._factors(train)
+        return self
+
+    def scores(self, test) -> torch.Tensor:
+        """Cosine of the last-layer loss gradients, ``(n_test, n_train)``, float32."""
+        self._check_fitted()
+        e_te, a_te, _ = self._factors(test)
+        dots = (e_te @ self.e.T) * (a_te @ self.a.T)
+        n_te = e_te.norm(dim=1) * a_te.norm(dim=1)
+        n_tr = self.e.norm(dim=1) * self.a.norm(dim=1)
+        return (dots / (n_te[:, None] * n_tr[None, :]).clamp_min(1e-30)).float()
 
 
 def loss_per_example(model, data, batch_size: int = 256, device="auto") -> np.ndarray:

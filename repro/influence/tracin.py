@@ -23,13 +23,13 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from repro.data.core import Batch
 from repro.errors import CheckpointError, ReproError
 from repro.checks import as_finite_float, batch_fingerprint
 from repro.influence.base import Estimator
 from repro.influence.cache import GradientCache, cached_rows, file_fingerprint, ids_fingerprint
+from repro.influence.lastlayer import softmax_errors
 from repro.influence.grads import as_batch, grad_dim, param_names, per_example_grads, resolve_target, train_batch
 from repro.models.foreign import as_model
 from repro.train import Checkpoint, StateCheckpoint, list_checkpoints
@@ -298,7 +298,7 @@ class TracInCP(Estimator):
                     raise _FastPathError(
                         f"{type(self.model).__name__}: last_layer(features(x)) differs from the "
                         "logits, so the last-layer fast path does not apply; use fast_last_layer=False")
-            e = torch.softmax(logits, 1) - F.one_hot(mb.labels, logits.shape[1]).float()
+            e = softmax_errors(logits, mb.labels)
             es.append(e.cpu())
             as_.append(a.cpu())
         return {"e": torch.cat(es), "a": torch.cat(as_)}
