@@ -6,6 +6,9 @@
     repro run all --profile cpu                  every notebook (what `make reproduce` does)
     repro run quickstart --profile cpu --set vgg_epochs=8 --set seed=1
     repro run quickstart --params-file sweep.yaml   (a YAML mapping of overrides)
+    repro params quickstart --profile cpu        every parameter, its value and where it comes from
+    repro sweep quickstart --profile cpu --set seed=0,1,2 [--jobs 2]   one run per combination
+    repro collect results/sweeps/quickstart-cpu [--by KEY] [--out t.md]   runs table + mean/CI (repro.sweep)
 
 The executed copy is written to ``results/<notebook>/<profile>/<notebook>.ipynb``; the source
 notebook is never overwritten.
@@ -42,10 +45,16 @@ from repro.results import git_commit, repo_root, results_root, runs_root
 
 
 def notebooks_dir() -> Path:
+    """``notebooks/`` of the repro checkout when run inside one (or from an editable install), else
+    the copies packaged with an installed wheel (``repro/_notebooks/``)."""
     root = repo_root()
-    if root is None or not (root / "notebooks").is_dir():
-        raise ReproError("cannot find the notebooks/ folder; run repro from inside the repro checkout")
-    return root / "notebooks"
+    if root is not None and (root / "notebooks").is_dir():
+        return root / "notebooks"
+    packaged = Path(__file__).resolve().parent / "_notebooks"
+    if any(packaged.glob("*.ipynb")):
+        return packaged
+    raise ReproError("cannot find the notebooks: neither a repro checkout (run inside one) nor the copies "
+                     f"an installed wheel ships ({packaged})")
 
 
 def list_notebooks() -> list[str]:
@@ -213,6 +222,9 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
         executed = stage / f"{name}.ipynb"
         env = {"REPRO_RESULTS": str(results.resolve()), "REPRO_STAGE_DIR": str(stage.resolve()),
                "REPRO_STAGE_TARGET": str(final_dir.resolve()),
+               # the kernel runs in the notebooks' folder (site-packages for an installed wheel):
+               # give it this process's runs root (./runs outside a checkout)
+               "REPRO_RUNS": str(runs_root().resolve()),
                "REPRO_GIT_COMMIT_START": git_commit() or ""}
         t0 = time.perf_counter()
         try:
@@ -269,6 +281,48 @@ def print_claims(notebook: str, profile: str, results: Path | None = None) -> in
     return 0
 
 
+def parse_sets(items: list[str]) -> dict:
+    """``["seed=1", "lr=1e-3"]`` -> ``{"seed": 1, "lr": 0.001}`` (each value read by :func:`parse_value`)."""
+    overrides = {}
+    for item in items:
+        if "=" not in item:
+            raise ReproError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = parse_value(value)
+    return overrides
+
+
+def print_params(notebook: str, profile: str, overrides: dict | None = None, as_json: bool = False) -> int:
+    """Print every parameter of ``notebook`` resolved under ``profile`` (and ``overrides``) with its
+    source: ``default`` (the defaults block), ``profile`` (the profile's block) or ``override``."""
+    import json
+
+    from repro import profiles
+
+    overrides = dict(overrides or {})
+    params = profiles.resolve(notebook, profile, overrides)  # unknown notebook/profile/name, types
+    spec = profiles._read(notebook)
+    block = spec.get(profile) or {}
+    source = {k: "override" if k in overrides else "profile" if k in block else "default"
+              for k in params if k != "profile"}
+    values = {k: params[k] for k in source}
+    if as_json:
+        print(json.dumps({"notebook": notebook, "profile": profile, "params": values, "source": source},
+                         indent=2, default=repr))
+        return 0
+    width = max([len(k) for k in values] + [4])
+    shown = {k: yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+             for k, v in values.items()}
+    vwidth = min(40, max([len(s) for s in shown.values()] + [5]))
+    print(f"{notebook} [{profile}]: {len(values)} parameters "
+          f"(profiles: {profiles.PROFILE_DIR / (notebook + '.yaml')})")
+    print(f"{'name':{width}s}  {'value':{vwidth}s}  source")
+    for k in values:
+        where = f"profile {profile}" if source[k] == "profile" else source[k]
+        print(f"{k:{width}s}  {shown[k]:{vwidth}s}  {where}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="repro", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -287,6 +341,28 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--results", type=Path, help="results root (default: results/ of the checkout)")
     run.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     run.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
+    pa = sub.add_parser("params", help="every parameter of a notebook with its value under a profile and its source")
+    pa.add_argument("notebook", help="notebook name (e.g. quickstart)")
+    pa.add_argument("--profile", default="smoke", help="profile (default: smoke)")
+    pa.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeatable)")
+    pa.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sw = sub.add_parser("sweep", help="run a notebook once per combination of comma-separated --set values")
+    sw.add_argument("notebook", help="notebook name (e.g. quickstart)")
+    sw.add_argument("--profile", default="smoke", help="profile (default: smoke)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="values of one parameter (repeatable; the runs are the cartesian product; commas "
+                         "inside [...] do not split: --set sizes=[1,2],[3] is two values)")
+    sw.add_argument("--jobs", type=int, default=1,
+                    help="combinations run at once, as `repro run` subprocesses with OMP_NUM_THREADS=1 unless set (default 1: one after another, in this process)")
+    sw.add_argument("--results", type=Path,
+                    help="results root (default: results/ of the checkout, else ./results); runs go to <results>/sweeps/<notebook>-<profile>/<k=v,...>/")
+    sw.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
+    sw.add_argument("--log-output", action="store_true", help="stream cell output (to each combination's log with --jobs > 1)")
+    co = sub.add_parser("collect", help="one table (and mean / 95%% CI summary) of every metrics.json under some folders")
+    co.add_argument("results", nargs="+", type=Path, help="folders (searched recursively) or metrics.json files")
+    co.add_argument("--by", action="append", default=[], metavar="KEY",
+                    help="group the summary by this parameter (repeatable, or comma-separated)")
+    co.add_argument("--out", type=Path, help="write FILE.csv (+ FILE.summary.csv) or FILE.md as well")
     args = ap.parse_args(argv)
 
     try:
@@ -299,6 +375,24 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "claims":
             return print_claims(args.notebook, args.profile, args.results)
+        if args.cmd == "params":
+            return print_params(args.notebook, args.profile, parse_sets(args.set), as_json=args.json)
+        if args.cmd == "sweep":
+            from repro import sweep
+            plan = sweep.plan(args.notebook, args.profile, sweep.parse_grid(args.set), results=args.results)
+            print(f"sweep {plan.notebook} [{plan.profile}]: {len(plan.combinations)} combination(s) -> {plan.root}/",
+                  flush=True)
+            done = sweep.run_sweep(plan, jobs=args.jobs, kernel=args.kernel, log_output=args.log_output)
+            print(sweep.report(done), flush=True)
+            return 0 if done.ok else 1
+        if args.cmd == "collect":
+            from repro import sweep
+            runs, summary = sweep.collect(args.results, by=args.by)
+            print(sweep.collect_markdown(runs, summary))
+            if args.out:
+                for path in sweep.write_collected(runs, summary, args.out):
+                    print(f"wrote {path}")
+            return 0
         overrides: dict = {}
         if args.params_file:
             loaded = yaml.safe_load(args.params_file.read_text()) or {}

@@ -33,14 +33,23 @@ from pathlib import Path
 from repro.utils import atomic_write_json, atomic_write_with
 
 
+def _is_checkout(p: Path) -> bool:
+    """A repro source tree: pyproject.toml, notebooks/ and the package with its profiles (not merely
+    some project with a notebooks/ folder, nor the site-packages folder of an installed wheel)."""
+    return ((p / "pyproject.toml").is_file() and (p / "notebooks").is_dir()
+            and (p / "repro" / "profiles" / "__init__.py").is_file())
+
+
 def repo_root(start: Path | None = None) -> Path | None:
-    """The repro checkout containing ``start`` (a folder with pyproject.toml and notebooks/)."""
+    """The repro checkout containing ``start`` (default: the working directory), else the checkout
+    this package was imported from (an editable install), else None (an installed wheel run outside
+    a checkout: results then go to ``./results``, runs to ``./runs``)."""
     here = (start or Path.cwd()).resolve()
     for p in (here, *here.parents):
-        if (p / "pyproject.toml").exists() and (p / "notebooks").is_dir():
+        if _is_checkout(p):
             return p
     pkg = Path(__file__).resolve().parents[1]
-    if (pkg / "pyproject.toml").exists():
+    if _is_checkout(pkg):
         return pkg
     return None
 
