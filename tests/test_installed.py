@@ -43,7 +43,7 @@ def installed(tmp_path_factory):
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".venv", ".git", "results", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-        ".ipynb_checkpoints"))
+        ".ipynb_checkpoints", ".cache", ".whl"))  # git-ignored folders: not part of the source
     wheels = tmp / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                     "-q", "-w", str(wheels), str(src)], check=True, cwd=tmp, timeout=600)
