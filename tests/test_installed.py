@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
 def test_every_package_is_listed_in_pyproject():
     """pyproject.toml lists its packages (so that notebooks/ can ship as repro._notebooks); a new
     subpackage missing there would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "repro").rglob("__init__.py")}
     assert on_disk and on_disk <= set(conf["packages"])
