@@ -197,6 +197,24 @@ def _discard(stage: Path, parent: Path, profile: str, name: str) -> Path:
     return failed
 
 
+def _tidy_output(executed: Path, stage: Path, final_dir: Path) -> None:
+    """Merge the executed notebook's streams and replace this machine's paths (staging folder,
+    checkout, home) by the ones a reader sees (see repro.notebook_output)."""
+    from repro.notebook_output import tidy_executed
+
+    root = repo_root()
+    shown = final_dir.resolve()
+    if root is not None and shown.is_relative_to(root):
+        shown = shown.relative_to(root)
+    subs = {str(stage.resolve()): str(shown)}
+    if root is not None:
+        subs[f"{root}/"] = ""
+    home = os.path.expanduser("~")
+    if home not in ("", "/"):
+        subs[f"{home}/"] = "~/"
+    tidy_executed(executed, subs)
+
+
 def run_notebook(name: str, profile: str, overrides: dict | None = None, results: Path | None = None,
                  kernel: str | None = None, log_output: bool = False) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill into a private staging folder and move it
@@ -213,7 +231,7 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
     results = Path(results or results_root())
     parent = results / name
     final_dir = parent / profile
-    locks = [parent / f".{profile}.lock", runs_root() / name / f".{profile}.lock"]
+    locks = [parent / f".{profile}.lock", runs_root() / name / f".{profiles.run_key(name, profile, overrides)}.lock"]
     with RunLock(locks, f"{name} [{profile}]"), _SignalGuard() as guard:
         _tidy(parent, profile)
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -230,9 +248,10 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
         try:
             with _environ(env):
                 pm.execute_notebook(str(src), str(executed),
-                                    parameters={"profile": profile, "overrides": overrides or {}},
+                                    parameters={"profile": profile, **(overrides or {})},
                                     cwd=str(src.parent), kernel_name=kernel, log_output=log_output,
                                     progress_bar=False)
+            _tidy_output(executed, stage, final_dir)
             if not (stage / "metrics.json").exists():
                 raise ReproError(f"{name} [{profile}] finished without writing metrics.json (did it call "
                                  "ResultWriter.finish?); its output was not moved into place")
