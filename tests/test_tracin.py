@@ -217,7 +217,7 @@ class _Counting:
 
 def test_cache_identical_and_resumes(run, tmp_path, monkeypatch):
     kw = dict(params=FC_HEAD, cache_chunk=16, progress=False)  # 48 rows -> 3 chunks per checkpoint
-    plain = TracInCP(run["model"], run["run_dir"], **kw).fit(run["train"]).scores(run["test"])
+    plain = TracInCP(run["model"], run["run_dir"], store="rows", **kw).fit(run["train"]).scores(run["test"])
     cached = TracInCP(run["model"], run["run_dir"], cache_dir=tmp_path / "c", **kw).fit(run["train"])
     assert torch.equal(cached.scores(run["test"]), plain)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(ck.path.stem for ck in run["cks"])

@@ -409,10 +409,10 @@ def _per_example_param_grads(mod: nn.Module, a: torch.Tensor, g: torch.Tensor) -
     return out
 
 
-def _hooks_chunk(model, chunk: Batch, names, target: Target, owners: dict[str, nn.Module],
-                 dest: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-example gradient rows of one chunk with one batched forward + backward (see module doc),
-    written into ``dest`` ``(n, d)`` when given."""
+def _capture(model, chunk: Batch, target: Target, owners: dict[str, nn.Module]):
+    """One batched forward + backward of ``target`` summed over the chunk with hooks on ``owners``:
+    returns ``(order, seen, gouts, value)``, ``seen[m] = (input, its version, output)`` of module
+    ``m`` and ``gouts`` the gradients w.r.t. the outputs in ``order`` (None where unused)."""
     seen: dict[str, tuple] = {}
 
     def make_hook(mod_name):
@@ -440,6 +440,14 @@ def _hooks_chunk(model, chunk: Batch, names, target: Target, owners: dict[str, n
     finally:
         for h in handles:
             h.remove()
+    return order, seen, gouts, value
+
+
+def _hooks_chunk(model, chunk: Batch, names, target: Target, owners: dict[str, nn.Module],
+                 dest: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example gradient rows of one chunk with one batched forward + backward (see module doc),
+    written into ``dest`` ``(n, d)`` when given."""
+    order, seen, gouts, value = _capture(model, chunk, target, owners)
     n = len(chunk)
     if dest is None:
         dest = torch.empty((n, grad_dim(model, names)), dtype=torch.float32, device=value.device)
