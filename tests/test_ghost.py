@@ -120,17 +120,26 @@ def test_streaming_tracincp_equals_stored_rows(vgg_run):
     assert (s_got - s_ref).abs().max() <= 1e-5 * s_ref.max()
     top_r, top_s = rows.top_k(test, 3), stream.top_k(test, 3)
     assert torch.equal(top_r.proponents, top_s.proponents) and torch.equal(top_r.opponents, top_s.opponents)
+    # without hooks (the per-example loop), streaming contracts per-example rows chunk by chunk
+    sub = train.subset(list(range(30)))
+    loop = TracInCP(m, run, params="all", method="loop", store="stream", batch_size=12, progress=False).fit(sub)
+    ref_sub = TracInCP(m, run, params="all", store="rows", progress=False).fit(sub).scores(test)
+    assert (loop.scores(test) - ref_sub).abs().max() <= 1e-5 * ref_sub.abs().max()
 
 
-def test_auto_store(vgg_run):
-    """Hooks apply to every VGG parameter: streaming; without hooks (method="vmap") rows while they
-    fit the budget; the last-layer fast path always keeps its small factors."""
+def test_auto_store(vgg_run, tmp_path):
+    """Streams unless rows are small or asked for: the last-layer fast path, a projector, a cache."""
+    from repro.influence import Projector
+
     m, run, train, test = vgg_run
     assert TracInCP(m, run, params="all", progress=False).fit(train).stored == "stream"
-    assert TracInCP(m, run, params="all", method="vmap", progress=False).fit(train).stored == "rows"
-    tiny = TracInCP(m, run, params="all", method="vmap", rows_budget_gb=1e-6, progress=False).fit(train)
-    assert tiny.stored == "stream"
-    assert TracInCP(m, run, params="last", rows_budget_gb=1e-6, progress=False).fit(train).stored == "rows"
+    assert TracInCP(m, run, params="all", method="vmap", progress=False).fit(train).stored == "stream"
+    assert TracInCP(m, run, params="last", progress=False).fit(train).stored == "rows"
+    assert TracInCP(m, run, params="last", fast_last_layer=False, cache_dir=tmp_path,
+                    progress=False).fit(train).stored == "rows"
+    d = sum(p.numel() for n, p in m.named_parameters() if n.startswith("classifier"))
+    proj = TracInCP(m, run, params="last", fast_last_layer=False, projector=Projector(d, 16), progress=False)
+    assert proj.fit(train).stored == "rows"
 
 
 def test_store_names_are_checked(vgg_run, tmp_path):
