@@ -48,11 +48,13 @@ import seaborn as sns
 import torch
 from scipy.stats import kendalltau, pearsonr, spearmanr
 
-from repro.claims import at_least, ci_above, claim, mean_ci
+from repro.claims import at_least, ci_above, claim, claims_frame, mean_ci
 from repro.data import load
 from repro.data.hans import identity_pairs, load_hans
 from repro.data.registry import hans_dataset
 from repro.experiments.common import start
+from repro.experiments.figures import (band_lines, bars_with_intervals, interval_frame, interval_label,
+                                       proportion_frame)
 from repro.experiments.hans_fix import (HansSplit, correction_experiment, correction_gains, correction_summary,
                                         fastif_scorer, paired_contrast, per_heuristic, split_anchor_test)
 from repro.influence import FastIF, InfluenceFunction, knn_recall
@@ -157,13 +159,16 @@ falls.round(3)
 fell = falls[falls["falls for it"]].index.tolist()
 print("The model falls for: " + (", ".join(f"{h} ({g} style)" for g, h in fell) if fell else "no heuristic")
       + " (criterion: entailed >= 80%, non-entailed <= 30%).")
-fig, axes = plt.subplots(1, len(p["hans_styles"]), figsize=(4.6 * len(p["hans_styles"]), 3.4), squeeze=False)
+fig, axes = plt.subplots(1, len(p["hans_styles"]), figsize=(4.6 * len(p["hans_styles"]), 3.6), squeeze=False)
 for ax, style in zip(axes[0], p["hans_styles"]):
-    sns.barplot(data=diag[diag.generator == style], x="heuristic", y="accuracy", hue="label", ax=ax,
-                palette={"entailment": "tab:blue", "non-entailment": "tab:orange"})
+    d = proportion_frame(diag[diag.generator == style])  # Wilson interval of the accuracy on n pairs
+    bars_with_intervals(ax, d, x="heuristic", hue="label",
+                        palette={"entailment": "tab:blue", "non-entailment": "tab:orange"})
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
-    ax.set(title=f"HANS-style, {style} generator", ylim=(0, 1), xlabel="")
+    ax.set(title=f"HANS-style, {style} generator", ylim=(0, 1), xlabel="",
+           ylabel=f"accuracy ({interval_label(int(d.n.min()), 'pairs', 'wilson')})")
     ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=7, title="gold label", title_fontsize=7)
 fig.tight_layout()
 out.figure("hans_diagnostic", fig)
 
@@ -416,22 +421,38 @@ contrasts.round(4)
 
 # %%
 main_lr = p["fix_lrs"][0]
+FIG_METRICS = {"accuracy": "accuracy, both labels", "entailed_accuracy": "accuracy, entailed",
+               "non_entailed_accuracy": "accuracy, non-entailed", "loss": "loss, both labels",
+               "entailed_loss": "loss, entailed", "non_entailed_loss": "loss, non-entailed"}
 own = runs[(runs.heuristic == runs.target)].melt(
     id_vars=["lr", "pool", "target", "mode", "seed", "step"],
-    value_vars=["accuracy", "entailed_accuracy", "non_entailed_accuracy"], var_name="metric", value_name="value")
+    value_vars=list(FIG_METRICS), var_name="metric", value_name="value")
 palette = {"helpful": "tab:green", "harmful": "tab:red", "random": "tab:gray", "anchors": "tab:purple"}
 pool_tag = {list(pools)[0]: "nli_pool", list(pools)[1]: "hans_pool"}
 for lr in p["fix_lrs"]:
     ctl = own[(own.lr == lr) & (own["mode"] == "anchors")]
     for pool_name in own[(own.lr == lr) & (own["mode"] != "anchors")].pool.unique():
         sub = pd.concat([own[(own.lr == lr) & (own.pool == pool_name)], ctl], ignore_index=True)
-        g = sns.relplot(data=sub, x="step", y="value", hue="mode", row="metric", col="target", kind="line",
-                        errorbar=("pi", 100), height=2.3, aspect=1.3, palette=palette,
-                        row_order=["accuracy", "entailed_accuracy", "non_entailed_accuracy"])
-        g.set_titles("{col_name}: {row_name}", size=8)
-        g.set_ylabels("test accuracy")
-        g.figure.suptitle(f"pool: {pool_name}, lr {lr:g} (band: min-max over replicas)", y=1.02)
-        out.figure(f"hans_fix_{pool_tag[pool_name]}" + ("" if lr == main_lr else f"_lr{lr:g}"), g.figure)
+        targets = list(dict.fromkeys(sub.target))
+        n_rep = int(sub.groupby(["target", "mode"]).seed.nunique().min())
+        bands = interval_frame(sub, ["metric", "target", "mode", "step"], "value")  # t interval over replicas
+        fig, axes = plt.subplots(len(FIG_METRICS), len(targets), figsize=(3.3 * len(targets), 1.9 * len(FIG_METRICS)),
+                                 sharex=True, squeeze=False)
+        for i, (metric, label) in enumerate(FIG_METRICS.items()):
+            for j, t in enumerate(targets):
+                ax = axes[i, j]
+                band_lines(ax, bands[(bands.metric == metric) & (bands.target == t)], x="step", hue="mode",
+                           palette=palette, order=[m for m in palette if m in set(sub["mode"])], marker="o", ms=2.5)
+                ax.set_title(f"{t}: {label}", fontsize=8)
+                ax.set_ylabel(label if j == 0 else "", fontsize=8)
+                ax.set_xlabel("SGD step" if i == len(FIG_METRICS) - 1 else "")
+                ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+                ax.tick_params(labelsize=7)
+        axes[0, -1].legend(fontsize=7, title="step taken on", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+        fig.suptitle(f"held-out HANS-style accuracy and loss on the targeted heuristic; pool: {pool_name}, lr {lr:g}\n"
+                     f"line: mean, band: {interval_label(n_rep, 'replicas')}", fontsize=9)
+        fig.tight_layout()
+        out.figure(f"hans_fix_{pool_tag[pool_name]}" + ("" if lr == main_lr else f"_lr{lr:g}"), fig)
 
 # %% [markdown]
 # ## Paper vs ours
@@ -490,6 +511,8 @@ claims = [
           unit=f"Spearman at k = {k_claim}, N = {ns[-1]}", criterion=at_least(0.95, partly_from=0.8, what="the Spearman correlation"),
           n=f"{Q} test points", reason=f"LiSSA depth {p['lissa_depth']} (paper 1,000): s_test noise differs between the two"),
 ]
+paper_vs_ours = claims_frame(claims)
+out.table("paper_vs_ours", paper_vs_ours)
 metrics = {
     "test_accuracy": test_acc, "n_train": len(train), "trainable_params": n_trainable, "train_seconds": t_train,
     "hans_accuracy": {f"{r.generator}/{r.heuristic}/{r.label}": r.accuracy for r in diag.itertuples()},
@@ -508,7 +531,5 @@ out.finish(metrics, claims=claims, notes=[
     f"{p['nli_data']} stands in for MNLI-2; HANS-style ({p['hans_source']}, styles {p['hans_styles']}) for HANS",
     f"{p['text_model']} with top {p['train_top_layers']} layers trainable stands in for BERT-base",
     f"torch threads: {torch.get_num_threads()}"])
-from repro.claims import claims_frame
-
 with pd.option_context("display.max_colwidth", 200):
-    display(claims_frame(claims))
+    display(paper_vs_ours)

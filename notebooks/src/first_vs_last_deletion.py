@@ -57,6 +57,7 @@ from repro.claims import at_least, ci_above, claim, claims_frame
 from repro.data import load
 from repro.experiments import deletion
 from repro.experiments.common import start
+from repro.experiments.figures import interval_label
 from repro.experiments.masked import perturb_parameters
 from repro.influence import TracInWE, cancellation_ratio
 from repro.models import text_classifier, word_cnn
@@ -294,9 +295,14 @@ for i, t in enumerate(tasks):
                         capsize=2, lw=0.8)
         ax.axhline(0, color="black", lw=0.7)
         ax.set_xticks(np.arange(len(methods_order)), methods_order, rotation=35, ha="right", fontsize=8)
-        ax.set(title=f"{t}: delete top-k {d} ({'DEL−' if d == 'proponents' else 'DEL+'})",
-               ylabel="Δp(label), mean ± 95% CI")
+        # lo / hi: percentile bootstrap over test examples (seeds averaged per example), as the claims
+        ax.set(title=f"{t}: delete top-k {d} ({'DEL−' if d == 'proponents' else 'DEL+'}), "
+                     f"{interval_label(int(g.n.max()), 'test examples', 'bootstrap')}",
+               ylabel="Δp(label), mean and 95% CI")
+        ax.title.set_fontsize(9)
         ax.legend(fontsize=8)
+fig.suptitle(f"case deletion: change of p(label) after retraining without the top-k, {len(p['seeds'])} retraining "
+             "seeds averaged per test example; error bars: 95% percentile bootstrap CI over test examples", fontsize=10)
 fig.tight_layout()
 out.figure("deletion", fig)
 

@@ -53,6 +53,7 @@ import torch
 from repro.claims import ci_above, claim, claims_frame, mean_ci
 from repro.data import flip_labels, load
 from repro.experiments.common import start
+from repro.experiments.figures import band_lines, interval_frame, interval_label
 from repro.experiments.mislabel import (TRACIN_LAST, checkpoint_count_table, checkpoint_schedule,
                                         detection_curves_frame, detection_table, mislabel_run,
                                         summarize_over_seeds)
@@ -177,33 +178,23 @@ with pd.option_context("display.max_colwidth", 80):
 
 
 # %%
-def band(frame, x, y, hue):
-    """Mean and 95% t interval over seeds of ``y`` at each ``x``, per ``hue``."""
-    rows = []
-    for (h, xv), g in frame.groupby([hue, x], sort=False):
-        m, (lo, hi) = mean_ci(g[y].to_numpy())
-        lo, hi = (lo, hi) if np.isfinite(lo) else (m, m)
-        rows.append({hue: h, x: xv, "mean": m, "lo": max(lo, 0.0), "hi": min(hi, 1.0)})  # shares lie in [0, 1]
-    return pd.DataFrame(rows)
-
-
 PLOT = [TRACIN_LAST, "TracInCP last layer, final only", *[m for m in summary.method.unique() if
         m.startswith("TracInCP") and "last layer" not in m], *BASELINES, "loss (final checkpoint)",
         "loss summed over checkpoints (ours, not in the paper)", "random"]
 fig, axes = plt.subplots(1, len(REGIMES), figsize=(6.2 * len(REGIMES), 4.8), squeeze=False, sharey=True)
 palette = dict(zip(PLOT, plt.get_cmap("tab10").colors))
 for ax, regime in zip(axes[0], REGIMES):
-    b = band(curves[(curves.regime == regime) & curves.method.isin(PLOT)], "inspected", "found", "method")
-    for m in PLOT:
-        g = b[b.method == m]
-        ax.plot(g.inspected, g["mean"], label=m, color=palette[m], lw=1.4, ls=":" if m == "random" else "-")
-        ax.fill_between(g.inspected, g.lo, g.hi, color=palette[m], alpha=0.12, lw=0)
+    # mean and 95% t interval over seeds at each inspected fraction (shares: clipped to [0, 1])
+    b = interval_frame(curves[(curves.regime == regime) & curves.method.isin(PLOT)], ["method", "inspected"], "found",
+                       clip=(0.0, 1.0))
+    band_lines(ax, b, x="inspected", hue="method", palette=palette, order=PLOT, alpha=0.12,
+               styles={"random": {"ls": ":"}})
     f = fit_summary.set_index("regime").loc[regime]
     ax.set(title=f"{regime}: fits {f.fit_flipped:.0%} of flipped labels, test acc {f.test_accuracy:.2f}",
            xlabel="fraction of training data inspected", ylabel="fraction of flipped labels found", ylim=(0, 1.02))
 axes[0, -1].legend(fontsize=7, loc="lower right")
-fig.suptitle(f"{p['image_data']}, {p['noise']:.0%} labels flipped; mean and 95% band over {len(p['seeds'])} seeds",
-             fontsize=10)
+fig.suptitle(f"{p['image_data']}, {p['noise']:.0%} labels flipped; line: mean, band: "
+             f"{interval_label(len(p['seeds']), 'seeds')}", fontsize=10)
 fig.tight_layout()
 out.figure("mislabel_curves", fig)
 
@@ -218,7 +209,8 @@ fig, ax = plt.subplots(figsize=(5.5, 4))
 for regime, g in count_summary.groupby("regime", sort=False):
     ax.errorbar(g.checkpoints, g.auc, yerr=[g.auc - g.auc_lo.fillna(g.auc), g.auc_hi.fillna(g.auc) - g.auc],
                 marker="o", capsize=3, label=regime)
-ax.set(xscale="log", xlabel="checkpoints used (evenly spaced, incl. the final one)", ylabel="detection AUC",
+ax.set(xscale="log", xlabel="checkpoints used (evenly spaced, incl. the final one)",
+       ylabel=f"detection AUC (mean, {interval_label(len(p['seeds']), 'seeds')})",
        title="TracInCP (last layer): more checkpoints")
 ax.set_xticks(sorted(count_summary.checkpoints.unique()), labels=sorted(count_summary.checkpoints.unique()))
 ax.legend()
