@@ -90,8 +90,6 @@ def check_override(notebook: str, key: str, default, value) -> None:
 
 RESERVED = ("profile", "results_dir")
 UNSET = ...  # the parameters cell's marker for "take the profile's value"
-_LITERALS = (bool, int, float, str, list, dict, tuple, type(None), type(...))
-_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open", "display"}
 
 
 def keys(notebook: str) -> list[str]:
@@ -161,13 +159,34 @@ def parameters_cell(notebook: str) -> str:
     return "\n".join(lines)
 
 
+def _injected_names(namespace: dict) -> set[str]:
+    """Names assigned by papermill's injected cells: the kernel's input history (``In``) holds
+    their source, which papermill starts with ``# Parameters``."""
+    import ast
+
+    names: set[str] = set()
+    for src in namespace.get("In") or []:
+        if not isinstance(src, str) or not src.lstrip().startswith("# Parameters"):
+            continue
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                    if isinstance(target, ast.Name):
+                        names.add(target.id)
+    return names
+
+
 def from_namespace(notebook: str, namespace: dict) -> tuple[str, dict, object]:
     """``(profile, overrides, results_dir)`` from a notebook's global variables: the parameters
     cell's names plus whatever papermill injected after it. Every name that is not ``...`` is an
-    explicit override. A literal-valued global that is not a parameter (a papermill ``-p`` with a
-    mistyped name, which papermill itself only warns about) raises :class:`UnknownNameError`; the
-    check runs on the first call in a kernel only, so re-running the cell in JupyterLab after
-    later cells defined their own variables is not mistaken for a typo."""
+    explicit override. A name papermill injected that is not a parameter of the notebook (a ``-p``
+    with a mistyped name, which papermill itself only warns about) raises
+    :class:`UnknownNameError` with a suggestion; the notebook's own variables are never mistaken
+    for parameters."""
     import difflib
 
     names = keys(notebook)
@@ -178,17 +197,13 @@ def from_namespace(notebook: str, namespace: dict) -> tuple[str, dict, object]:
         raise InvalidParameterError(f"profile must be a string ({' | '.join(profiles(notebook))}), got {profile!r}")
     results_dir = namespace.get("results_dir")
     results_dir = None if results_dir is UNSET else results_dir
-    if not namespace.get("_repro_started"):
-        known = set(names) | set(RESERVED)
-        unknown = sorted(k for k, v in namespace.items()
-                         if not k.startswith("_") and k not in known and k not in _IPYTHON_NAMES
-                         and isinstance(v, _LITERALS))
-        if unknown:
-            hints = {u: difflib.get_close_matches(u, sorted(known), n=1) for u in unknown}
-            hint = "; ".join(f"{u!r}: did you mean {h[0]!r}?" for u, h in hints.items() if h)
-            raise UnknownNameError(f"unknown parameter(s) {unknown} for {notebook}" + (f" ({hint})" if hint else "")
-                                   + f"; known: {sorted(known)}")
-        namespace["_repro_started"] = True
+    known = set(names) | set(RESERVED)
+    unknown = sorted(_injected_names(namespace) - known)
+    if unknown:
+        hints = {u: difflib.get_close_matches(u, sorted(known), n=1) for u in unknown}
+        hint = "; ".join(f"{u!r}: did you mean {h[0]!r}?" for u, h in hints.items() if h)
+        raise UnknownNameError(f"unknown parameter(s) {unknown} for {notebook}" + (f" ({hint})" if hint else "")
+                               + f"; known: {sorted(known)}")
     overrides = {k: namespace[k] for k in names if k in namespace and namespace[k] is not UNSET}
     return profile, overrides, results_dir
 
