@@ -34,9 +34,56 @@
 #   says nothing about N = 390,000.
 
 # %% tags=["parameters"]
-profile = "smoke"
-overrides = {}
-results_dir = None
+# Parameters (papermill: -p NAME VALUE; repro run: --set NAME=VALUE; or edit here).
+# `...` = the value of the chosen profile; `repro params fastif_hans --profile cpu` lists them.
+# Any other value, None included, overrides the profile. Unknown names are an error.
+profile: str = "smoke"  # smoke | cpu | gpu | paper (smoke: a seconds-long test run, numbers meaningless)
+results_dir = None  # results root; None: results/ of the checkout, or $REPRO_RESULTS
+seed: int = ...  # integer; all profiles: 0
+source: str = ...  # string; smoke 'auto', cpu 'auto', gpu 'auto', paper 'hub'
+nli_data: str = ...  # string; smoke 'snli2', cpu 'snli2', gpu 'snli2', paper 'mnli2'; MNLI-2 stand-in; paper: mnli2 (source: hub)
+hans_source: str = ...  # string; smoke 'generated', cpu 'generated', gpu 'generated', paper 'hub'; HANS-style generator; paper: hub (real HANS)
+hans_styles: list = ...  # list; smoke ['original', 'snli'], cpu ['original', 'snli'], gpu ['original', 'snli'], paper ['original']; generator styles in the diagnostic (the hub has one)
+text_model: str = ...  # string; smoke 'minilm', cpu 'minilm', gpu 'minilm', paper 'bert-base-cased'
+train_top_layers: int = ...  # integer; all profiles: 2; as FastIF: only the top layers (+ pooler, classifier) train
+cache_frozen: bool = ...  # boolean; smoke True, cpu True, gpu False, paper False; compute the frozen lower layers once (same results, much cheaper)
+n_train: int = ...  # integer or None; smoke 80, cpu None, gpu None, paper None; null : every training pair
+n_test: int = ...  # integer or None; smoke 40, cpu 2000, gpu None, paper 2000
+epochs: int = ...  # integer; smoke 1, cpu 2, gpu 3, paper 10
+optimizer: str = ...  # string; all profiles: 'adamw'
+lr: float = ...  # number; smoke 0.0001, cpu 0.0001, gpu 0.0001, paper 2e-05
+batch_size: int = ...  # integer; smoke 32, cpu 32, gpu 32, paper 128
+weight_decay: float = ...  # number; all profiles: 0.0
+max_length: int = ...  # integer; smoke 48, cpu 128, gpu 128, paper 128
+hans_n_per_subcase: int = ...  # integer; smoke 2, cpu 40, gpu 100, paper 1000; diagnostic: evaluation examples per subcase and style
+n_identity: int = ...  # integer; smoke 20, cpu 300, gpu 1000, paper 1000; identity check: premises repeated as hypotheses
+lissa_scale: float = ...  # number; smoke 1000.0, cpu 1000.0, gpu 1000.0, paper 1000000.0
+lissa_damp: float = ...  # number; all profiles: 0.005; lambda : scale * damp
+lissa_depth: int = ...  # integer; smoke 10, cpu 50, gpu 1000, paper 1000; J, for full influence and FastIF alike
+full_batch_size: int = ...  # integer; smoke 8, cpu 8, gpu 8, paper 128; LiSSA mini-batch of the full (original) influence
+n_query: int = ...  # integer; smoke 2, cpu 4, gpu 10, paper 6; test points (half misclassified) for speed/quality
+speed_ns: list = ...  # list; smoke [40, 80], cpu [2000, 5000, 20000], gpu [2000, 5000, 20000], paper [20000, 100000, 392702]; nested training subsets for the speed-up curve
+knn_ks: list = ...  # list; smoke [5, 20], cpu [100, 1000], gpu [100, 1000, 5000], paper [1000, 10000]; each used where k <: N / 4
+recall_top: int = ...  # integer; all profiles: 10
+parallel_workers: int = ...  # integer; all profiles: 2
+parallel_k: int = ...  # integer; smoke 20, cpu 1000, gpu 1000, paper 1000; k of the parallel-workers timing
+parallel_n: int = ...  # integer or None; smoke None, cpu 5000, gpu None, paper None; N of the parallel-workers timing (null: the largest)
+grid_batch_sizes: list = ...  # list; smoke [1, 4], cpu [1, 8], gpu [1, 2, 4, 8, 16, 32, 64, 128], paper [1, 2, 4, 8, 16, 32, 64, 128]
+grid_depths: list = ...  # list; smoke [5, 10], cpu [25, 50, 100], gpu [700, 1000, 1300], paper [700, 800, 900, 1000, 1100, 1200, 1300]
+fix_style: str = ...  # string; smoke 'snli', cpu 'snli', gpu 'snli', paper 'original'; HANS-style generator of the correction experiment
+fix_n_per_subcase: int = ...  # integer; smoke 4, cpu 20, gpu 100, paper 1000; evaluation examples per subcase, halved into anchors / test
+hans_train_n_per_subcase: int = ...  # integer; smoke 2, cpu 100, gpu 100, paper 1000; the unseen HANS-style candidate pool
+fix_steps: int = ...  # integer; smoke 2, cpu 10, gpu 10, paper 10
+fix_anchors: int = ...  # integer; all profiles: 10
+fix_per_step: int = ...  # integer; all profiles: 10
+fix_lrs: list = ...  # list; all profiles: [0.0001, 0.001]; the first is the paper's; the others are sensitivity rows
+fix_sensitivity_pools: int = ...  # integer; smoke 1, cpu 1, gpu 2, paper 2; how many pools (in order: NLI, HANS-style) run the sensitivity lrs
+fix_sensitivity_modes: list = ...  # list; smoke ['helpful', 'harmful', 'random', 'anchors'], cpu ['helpful', 'random'], gpu ['helpful', 'harmful', 'random', 'anchors'], paper ['helpful', 'harmful', 'random', 'anchors']; modes of the sensitivity rows
+fix_workers: int = ...  # integer; all profiles: 2; forked single-threaded processes for the correction runs
+fix_k: int = ...  # integer; smoke 20, cpu 50, gpu 1000, paper 1000; kNN candidates per step
+fix_depth: int = ...  # integer; smoke 5, cpu 10, gpu 1000, paper 1000; LiSSA depth per correction step
+fix_replicas: int = ...  # integer; smoke 1, cpu 3, gpu 3, paper 3
+fix_heuristics: list = ...  # list; smoke ['lexical_overlap'], cpu ['lexical_overlap', 'subsequence', 'constituent'], gpu ['lexical_overlap', 'subsequence', 'constituent'], paper ['lexical_overlap', 'subsequence', 'constituent']
 
 # %%
 import time
@@ -61,7 +108,7 @@ from repro.influence import FastIF, InfluenceFunction, knn_recall
 from repro.models import text_classifier
 from repro.train import TrainConfig, Trainer, predict
 
-params, out, run_root = start("fastif_hans", profile, overrides, results_dir)
+params, out, run_root = start("fastif_hans", globals())
 p = params
 T_START = time.perf_counter()
 pd.Series(params, dtype=object).to_frame("value")

@@ -36,9 +36,34 @@
 #   unstable when the last-layer effect is close to 0.
 
 # %% tags=["parameters"]
-profile = "smoke"
-overrides = {}
-results_dir = None
+# Parameters (papermill: -p NAME VALUE; repro run: --set NAME=VALUE; or edit here).
+# `...` = the value of the chosen profile; `repro params first_vs_last_deletion --profile cpu` lists them.
+# Any other value, None included, overrides the profile. Unknown names are an error.
+profile: str = "smoke"  # smoke | cpu | gpu | paper (smoke: a seconds-long test run, numbers meaningless)
+results_dir = None  # results root; None: results/ of the checkout, or $REPRO_RESULTS
+seed: int = ...  # integer; all profiles: 0
+source: str = ...  # string; smoke 'auto', cpu 'auto', gpu 'auto', paper 'hub'
+tasks: list = ...  # list; smoke ['spam', 'snli2'], cpu ['spam', 'snli2'], gpu ['spam', 'snli2'], paper ['mnli', 'ag_news']; toxicity / MNLI stand-ins (the paper: toxicity, AG News, MNLI)
+text_model: str = ...  # string; smoke 'cnn', cpu 'cnn', gpu 'minilm', paper 'bert-base-uncased'; cnn : word-embedding CNN trained from scratch; or minilm / a HF name (fine-tuned)
+n_train: dict = ...  # mapping; smoke {'spam': 60, 'snli2': 60}, cpu {'spam': 500, 'snli2': 4000}, gpu {'spam': 2000, 'snli2': 2000}, paper {'mnli': 50000, 'ag_news': 50000}; training examples per task
+n_test: int = ...  # integer; smoke 40, cpu 400, gpu 400, paper 20000; test pool per task (deletion test examples are drawn from it)
+max_length: int = ...  # integer; smoke 48, cpu {'spam': 64, 'snli2': 40}, gpu 128, paper 128; or per task, like n_train
+cnn: dict = ...  # mapping; smoke {'emb_dim': 16, 'filters': 12, 'kernel_sizes': [5, 5, 1], 'segments': True}, cpu {'emb_dim': 32, 'filters': 32, 'kernel_sizes': [5, 5, 1], 'segments': True}, gpu {'emb_dim': 16, 'filters': 12, 'kernel_sizes': [5, 5, 1], 'segments': True}, paper {'emb_dim': 16, 'filters': 12, 'kernel_sizes': [5, 5, 1], 'segments': True}
+optimizer: str = ...  # string; all profiles: 'adamw'; the authors' CNN: SGD, lr 0.02, momentum 0.9, 10 epochs (slower to learn)
+lr: float = ...  # number; smoke 0.003, cpu 0.003, gpu 0.0001, paper 2e-05
+epochs: int = ...  # integer; smoke 3, cpu {'spam': 4, 'snli2': 2}, gpu 3, paper 3; or per task: {spam: 4, snli2: 3}
+batch_size: int = ...  # integer; smoke 16, cpu 32, gpu 32, paper 32
+score_methods: list = ...  # list; all profiles: ['tracin_we', 'tracin_we_2ck', 'tracin_we_topk', 'tracin_last', 'if_last', 'representer', 'grad_cos_last', 'tracin_middle']
+deletion_methods: list = ...  # list; all profiles: ['tracin_we', 'tracin_we_2ck', 'tracin_we_topk', 'tracin_last', 'if_last', 'representer', 'grad_cos_last', 'tracin_middle']; or per task
+reference: str = ...  # string; all profiles: 'tracin_we'; the TracIn-WE variant the claims are decided on (same checkpoints as tracin_last)
+n_deletion_tests: int = ...  # integer; smoke 2, cpu 30, gpu 30, paper 30; test examples per task run through case deletion
+confidence_cut: float = ...  # number; all profiles: 0.99; draw them among test examples with p(label) < cut under the explained model
+k_fracs: list = ...  # list; all profiles: [0.01, 0.025]; k : round(frac * n_train), at least 1
+seeds: list = ...  # list; smoke [0, 1], cpu [0, 1], gpu [0, 1], paper [0, 1, 2, 3, 4]
+n_random_sets: int = ...  # integer; smoke 2, cpu 3, gpu 3, paper 5; random deletion sets per (k, direction), shared by all test examples
+workers: int = ...  # integer; smoke 2, cpu 2, gpu 1, paper 1; retraining processes (single-threaded each)
+n_attribution_pairs: int = ...  # integer; smoke 2, cpu 3, gpu 2, paper 2
+n_bootstrap: int = ...  # integer; smoke 2000, cpu 10000, gpu 2000, paper 2000
 
 # %%
 import copy
@@ -65,7 +90,7 @@ from repro.models.cnn import build_vocab
 from repro.train import TrainConfig, Trainer, predict
 
 torch.set_num_threads(1)
-params, out, run_root = start("first_vs_last_deletion", profile, overrides, results_dir)
+params, out, run_root = start("first_vs_last_deletion", globals())
 p = params
 t_start = time.perf_counter()
 pd.Series(params, dtype=object).to_frame("value")

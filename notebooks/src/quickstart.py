@@ -15,9 +15,29 @@
 # `repro run quickstart --profile cpu`.
 
 # %% tags=["parameters"]
-profile = "smoke"
-overrides = {}
-results_dir = None
+# Parameters (papermill: -p NAME VALUE; repro run: --set NAME=VALUE; or edit here).
+# `...` = the value of the chosen profile; `repro params quickstart --profile cpu` lists them.
+# Any other value, None included, overrides the profile. Unknown names are an error.
+profile: str = "smoke"  # smoke | cpu | gpu | paper (smoke: a seconds-long test run, numbers meaningless)
+results_dir = None  # results root; None: results/ of the checkout, or $REPRO_RESULTS
+seed: int = ...  # integer; all profiles: 0
+image_data: str = ...  # string; smoke 'fashion_mnist', cpu 'fashion_mnist', gpu 'fashion_mnist', paper 'cifar10'; cifar10 needs source: hub
+text_data: str = ...  # string; smoke 'snli', cpu 'snli', gpu 'snli', paper 'mnli'
+source: str = ...  # string; smoke 'auto', cpu 'auto', gpu 'auto', paper 'hub'
+vgg_depth: int = ...  # integer; smoke 11, cpu 11, gpu 11, paper 16
+vgg_width: float = ...  # number; smoke 0.25, cpu 0.5, gpu 1.0, paper 1.0
+vgg_n_train: int = ...  # integer or None; smoke 300, cpu None, gpu None, paper None
+vgg_n_test: int = ...  # integer or None; smoke 200, cpu None, gpu None, paper None
+vgg_epochs: int = ...  # integer; smoke 1, cpu 5, gpu 10, paper 30
+vgg_lr: float = ...  # number; all profiles: 0.05
+vgg_batch_size: int = ...  # integer; all profiles: 64
+text_model: str = ...  # string; smoke 'minilm', cpu 'minilm', gpu 'minilm', paper 'bert-base-uncased'
+text_n_train: int = ...  # integer or None; smoke 64, cpu 2000, gpu None, paper None
+text_n_test: int = ...  # integer or None; smoke 64, cpu 1000, gpu None, paper None
+text_epochs: int = ...  # integer; smoke 1, cpu 2, gpu 3, paper 3
+text_lr: float = ...  # number; smoke 5e-05, cpu 5e-05, gpu 5e-05, paper 2e-05
+text_batch_size: int = ...  # integer; smoke 16, cpu 32, gpu 64, paper 32
+text_max_length: int = ...  # integer; smoke 48, cpu 64, gpu 128, paper 128
 
 # %%
 import pandas as pd
@@ -28,7 +48,7 @@ from repro.experiments.common import history_frame, learning_curve_figure, start
 from repro.models import text_classifier, vgg
 from repro.train import TrainConfig, Trainer, list_checkpoints
 
-params, out, run_root = start("quickstart", profile, overrides, results_dir)
+params, out, run_root = start("quickstart", globals())
 pd.Series(params, dtype=object).to_frame("value")
 
 # %% [markdown]

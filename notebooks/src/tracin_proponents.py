@@ -38,9 +38,45 @@
 # VGG-16 for 32x32 input.
 
 # %% tags=["parameters"]
-profile = "smoke"
-overrides = {}
-results_dir = None
+# Parameters (papermill: -p NAME VALUE; repro run: --set NAME=VALUE; or edit here).
+# `...` = the value of the chosen profile; `repro params tracin_proponents --profile cpu` lists them.
+# Any other value, None included, overrides the profile. Unknown names are an error.
+profile: str = "smoke"  # smoke | cpu | gpu | paper (smoke: a seconds-long test run, numbers meaningless)
+results_dir = None  # results root; None: results/ of the checkout, or $REPRO_RESULTS
+seeds: list = ...  # list; smoke [0, 1], cpu [0, 1, 2], gpu [0, 1, 2, 3, 4], paper [0, 1, 2]; data subset, label flips and initialisation all vary with the seed
+threads: int = ...  # integer or None; smoke None, cpu 1, gpu None, paper None; torch threads (null: torch's default); results say which was used
+source: str = ...  # string; smoke 'auto', cpu 'auto', gpu 'auto', paper 'hub'
+image_data: str = ...  # string; smoke 'fashion_mnist', cpu 'fashion_mnist', gpu 'fashion_mnist', paper 'cifar10'; paper: cifar10 (source: hub)
+noise: float = ...  # number; all profiles: 0.2; fraction of training labels flipped
+noise_mode: str = ...  # string; all profiles: 'uniform'; or class_conditional
+vgg_depth: int = ...  # integer; smoke 11, cpu 11, gpu 11, paper 16
+vgg_width: float = ...  # number; smoke 0.125, cpu 0.25, gpu 1.0, paper 1.0
+vgg_batch_size: int = ...  # integer; all profiles: 32
+vgg_n_test: int = ...  # integer or None; smoke 100, cpu 1000, gpu 3000, paper None
+vgg_n_train: int = ...  # integer or None; smoke 200, cpu 2000, gpu 12000, paper None
+vgg_epochs: int = ...  # integer; smoke 6, cpu 40, gpu 40, paper 60
+vgg_lr: float = ...  # number; all profiles: 0.01
+checkpoint_every: int = ...  # integer; smoke 2, cpu 3, gpu 3, paper 3; checkpoints after epoch 1, then every m epochs (and the final one)
+short_n_train: int = ...  # integer or None; smoke 200, cpu 3000, gpu 12000, paper None
+short_epochs: int = ...  # integer; smoke 3, cpu 8, gpu 8, paper 10
+short_lr: float = ...  # number; all profiles: 0.05
+short_checkpoint_every: int = ...  # integer; all profiles: 1
+more_layers: list = ...  # list; all profiles: ['fc', 'classifier']; the "more layers" TracInCP variant (parameter prefixes, or "all")
+all_params_checkpoints: int = ...  # integer or None; smoke 2, cpu 4, gpu None, paper None; TracInCP on all parameters over this many evenly spaced checkpoints (0: skip, null: all)
+checkpoint_counts: list = ...  # list; all profiles: [1, 2, 4, 8]; "more checkpoints help": AUC with this many evenly spaced checkpoints (and all)
+if_damping: float = ...  # number; all profiles: 0.001; damping of the last-layer influence-function baseline
+representer_lambda: float = ...  # number; all profiles: 0.001
+n_show: int = ...  # integer; all profiles: 4; test images shown with proponents/opponents
+n_proponent_eval: int = ...  # integer; smoke 50, cpu 500, gpu 1000, paper 1000; test points over which proponent label agreement is measured
+top_k: int = ...  # integer; all profiles: 5
+text_data: str = ...  # string; smoke 'spam', cpu 'spam', gpu 'spam', paper 'ag_news'; stands in for DBPedia
+text_model: str = ...  # string; smoke 'minilm', cpu 'minilm', gpu 'minilm', paper 'bert-base-uncased'
+text_n_train: int = ...  # integer; smoke 48, cpu 600, gpu 4000, paper 20000
+text_n_test: int = ...  # integer; smoke 16, cpu 200, gpu 500, paper 1000
+text_epochs: int = ...  # integer; all profiles: 2
+text_lr: float = ...  # number; smoke 0.0001, cpu 0.0001, gpu 0.0001, paper 2e-05
+text_batch_size: int = ...  # integer; smoke 16, cpu 16, gpu 16, paper 32
+text_max_length: int = ...  # integer; smoke 32, cpu 64, gpu 128, paper 128
 
 # %%
 import time
@@ -62,7 +98,7 @@ from repro.models import text_classifier, vgg
 from repro.train import TrainConfig, Trainer, load_run, predict
 from repro.utils import progress
 
-params, out, run_root = start("tracin_proponents", profile, overrides, results_dir)
+params, out, run_root = start("tracin_proponents", globals())
 p = params
 if p["threads"]:
     torch.set_num_threads(int(p["threads"]))

@@ -32,9 +32,55 @@
 # `docs/methods.md`), so the comparison is qualitative.
 
 # %% tags=["parameters"]
-profile = "smoke"
-overrides = {}
-results_dir = None
+# Parameters (papermill: -p NAME VALUE; repro run: --set NAME=VALUE; or edit here).
+# `...` = the value of the chosen profile; `repro params turnover_cleansing --profile cpu` lists them.
+# Any other value, None included, overrides the profile. Unknown names are an error.
+profile: str = "smoke"  # smoke | cpu | gpu | paper (smoke: a seconds-long test run, numbers meaningless)
+results_dir = None  # results root; None: results/ of the checkout, or $REPRO_RESULTS
+seed: int = ...  # integer; all profiles: 0
+source: str = ...  # string; smoke 'auto', cpu 'auto', gpu 'auto', paper 'hub'
+image_data: str = ...  # string; smoke 'fashion_mnist', cpu 'fashion_mnist', gpu 'fashion_mnist', paper 'cifar10'; paper: cifar10 (source: hub)
+turnover_p: float = ...  # number; all profiles: 0.5
+vgg_depth: int = ...  # integer; smoke 11, cpu 11, gpu 11, paper 16
+vgg_width: float = ...  # number; smoke 0.125, cpu 0.25, gpu 1.0, paper 1.0
+vgg_n_train: int = ...  # integer; smoke 300, cpu 3000, gpu 10000, paper 40000
+vgg_n_val: int = ...  # integer; smoke 100, cpu 500, gpu 2000, paper 5000
+vgg_n_test: int = ...  # integer; smoke 200, cpu 2000, gpu 3000, paper 10000
+vgg_epochs: int = ...  # integer; smoke 3, cpu 6, gpu 15, paper 40
+vgg_lr: float = ...  # number; all profiles: 0.05
+vgg_batch_size: int = ...  # integer; all profiles: 32
+n_explain: int = ...  # integer; smoke 3, cpu 4, gpu 3, paper 3
+mlp_hidden: list = ...  # list; smoke [64, 64], cpu [256, 256], gpu [256, 256], paper [512, 512]
+mlp_n_train: int = ...  # integer; smoke 120, cpu 1000, gpu 2000, paper 5000
+mlp_n_targets: int = ...  # integer; smoke 10, cpu 50, gpu 100, paper 100
+mlp_epochs: int = ...  # integer; smoke 3, cpu 10, gpu 10, paper 10
+mlp_lr: float = ...  # number; all profiles: 0.01; plain SGD: the step size where a single removal's effect is reproducible
+mlp_momentum: float = ...  # number; all profiles: 0.0
+mlp_batch_size: int = ...  # integer; all profiles: 32
+turnover_layers: list = ...  # list; all profiles: [1, 2]; turn-over after the top L hidden layers, each its own mask seed
+loo_seeds: list = ...  # list; smoke [0, 1], cpu [0, 1], gpu [0, 1, 2], paper [0, 1, 2]
+loo_removals: int = ...  # integer; smoke 8, cpu 100, gpu 200, paper 300; random removals, shared by every run
+fast_lr: dict = ...  # mapping; all profiles: {'lr': 0.05, 'momentum': 0.9}; also measure the LOO noise ceiling at this step size (null: skip)
+lds_subsets: int = ...  # integer; smoke 6, cpu 50, gpu 100, paper 100; random 50% subsets per (L, seed)
+chunk: int = ...  # integer; all profiles: 25; masked copies trained at once
+n_bootstrap: int = ...  # integer; smoke 500, cpu 2000, gpu 2000, paper 2000
+noise_levels: list = ...  # list; all profiles: [0.0, 0.2]; injected uniform label noise
+cleanse_n_train: int = ...  # integer; smoke 200, cpu 2000, gpu 5000, paper 20000
+cleanse_n_val: int = ...  # integer; smoke 60, cpu 500, gpu 1000, paper 5000
+cleanse_n_test: int = ...  # integer; smoke 200, cpu 2000, gpu 3000, paper 10000
+cleanse_fracs: list = ...  # list; all profiles: [0.05, 0.1, 0.2]; k as a fraction of the training set
+cleanse_epochs: int = ...  # integer; smoke 3, cpu 10, gpu 10, paper 10
+cleanse_lr: float = ...  # number; all profiles: 0.05
+cleanse_momentum: float = ...  # number; all profiles: 0.9
+cleanse_seeds: list = ...  # list; smoke [0, 1], cpu [0, 1, 2], gpu [0, 1, 2, 3, 4], paper [0, 1, 2, 3, 4]
+text_data: str = ...  # string; smoke 'spam', cpu 'spam', gpu 'spam', paper 'sst2'
+text_model: str = ...  # string; smoke 'minilm', cpu 'minilm', gpu 'minilm', paper 'bert-base-uncased'
+text_n_train: int = ...  # integer or None; smoke 48, cpu 800, gpu 4000, paper None
+text_n_test: int = ...  # integer or None; smoke 32, cpu 400, gpu 1000, paper None
+text_epochs: int = ...  # integer; smoke 1, cpu 2, gpu 3, paper 3
+text_lr: float = ...  # number; smoke 0.0001, cpu 0.0001, gpu 0.0001, paper 2e-05
+text_batch_size: int = ...  # integer; smoke 16, cpu 16, gpu 16, paper 32
+text_max_length: int = ...  # integer; smoke 32, cpu 64, gpu 128, paper 128
 
 # %%
 import tempfile
@@ -61,7 +107,7 @@ from repro.train import TrainConfig, Trainer, list_checkpoints
 
 torch.set_num_threads(1)
 t_start = time.perf_counter()
-params, out, run_root = start("turnover_cleansing", profile, overrides, results_dir)
+params, out, run_root = start("turnover_cleansing", globals())
 p = params
 pd.Series(params, dtype=object).to_frame("value")
 
