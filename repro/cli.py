@@ -215,6 +215,24 @@ def _tidy_output(executed: Path, stage: Path, final_dir: Path) -> None:
     tidy_executed(executed, subs)
 
 
+def _command_line(name: str, profile: str, overrides: dict | None) -> str:
+    """The ``repro run`` command that reproduces this run (recorded in metrics.json), with the
+    thread count when ``OMP_NUM_THREADS`` is set."""
+    import shlex
+
+    import json
+
+    def text(v):
+        if isinstance(v, str):
+            return v
+        return "null" if v is None else json.dumps(v)  # true/false, numbers, [lists], {maps}: YAML reads them back
+
+    sets = " ".join(f"--set {shlex.quote(f'{k}={text(v)}')}" for k, v in (overrides or {}).items())
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return " ".join(x for x in (f"OMP_NUM_THREADS={threads}" if threads else "", f"repro run {name} --profile {profile}",
+                                sets) if x)
+
+
 def run_notebook(name: str, profile: str, overrides: dict | None = None, results: Path | None = None,
                  kernel: str | None = None, log_output: bool = False) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill into a private staging folder and move it
@@ -243,7 +261,8 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
                # the kernel runs in the notebooks' folder (site-packages for an installed wheel):
                # give it this process's runs root (./runs outside a checkout)
                "REPRO_RUNS": str(runs_root().resolve()),
-               "REPRO_GIT_COMMIT_START": git_commit() or ""}
+               "REPRO_GIT_COMMIT_START": git_commit() or "",
+               "REPRO_COMMAND": _command_line(name, profile, overrides)}
         t0 = time.perf_counter()
         try:
             with _environ(env):

@@ -182,6 +182,8 @@ class ResultWriter:
             **({"claims": claims} if claims is not None else {}),
             "params": self.params,
             "notes": list(notes or []) + git_notes,
+            # how it was run: `repro run` records its command line; None for JupyterLab / papermill
+            "command": os.environ.get("REPRO_COMMAND") or None,
             "git_commit": self.git_commit_start,
             "git_changed_during_run": changed,
             **({"git_commit_end": end} if changed else {}),

@@ -54,6 +54,9 @@ def test_failed_rerun_leaves_the_finished_run_untouched(sandbox):
     done = res / "nb_ok" / "smoke"
     before = {p.name: p.read_bytes() for p in done.iterdir()}
     assert json.loads((done / "metrics.json").read_text())["metrics"] == {"value": 7}
+    # the command that reproduces it is recorded
+    assert json.loads((done / "metrics.json").read_text())["command"].endswith(
+        "repro run nb_ok --profile smoke --set value=7")
     assert oct((done / "metrics.json").stat().st_mode & 0o777) != oct(0o600)  # umask modes, not mkstemp's
     # a failing notebook of the same name/profile: results stay those of the finished run
     (sandbox / "notebooks" / "nb_ok.ipynb").write_bytes((sandbox / "notebooks" / "nb_fail.ipynb").read_bytes())
