@@ -1,0 +1,145 @@
+"""Sharded influence under torch.distributed (2 gloo processes on CPU) equals one process.
+
+The parent trains a small MLP with a turn-over layer (121 training images: odd, so the two blocks
+differ in size, with an exact duplicate pair, so scores tie) and a word-embedding CNN, computes
+every estimator in one process, then spawns 2 processes that compute the same through
+``repro.distributed.Sharded``; rank 0 saves what it got. Scores, self-influence and top-k must
+agree (1e-5 relative: chunk boundaries differ, so float rounding may), and both ranks must hold the
+same full result."""
+import dataclasses
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from repro.data import concat_datasets, load
+from repro.distributed import Sharded, block
+from repro.influence import (FastIF, InfluenceFunction, LastLayerInfluence, RepresenterPoints, TracInCP,
+                             TracInWE, TurnOverInfluence)
+from repro.models import mlp, word_cnn
+from repro.models.cnn import build_vocab
+from repro.train import TrainConfig, Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _estimators(setup):
+    m, run, cnn, cnn_run = setup["mlp"], setup["run"], setup["cnn"], setup["cnn_run"]
+    return {
+        "tracincp_all": (lambda: TracInCP(m, run, params="all", progress=False), "img"),
+        "tracincp_last": (lambda: TracInCP(m, run, params="last", progress=False), "img"),
+        "turnover": (lambda: TurnOverInfluence(m, progress=False), "img"),
+        "ifunc": (lambda: InfluenceFunction(m, params="last", solver="exact", damping=1e-2, progress=False), "img"),
+        "last_layer_if": (lambda: LastLayerInfluence(m, damping=1e-2, device="cpu"), "img"),
+        "representer": (lambda: RepresenterPoints(m, lam=1e-2, device="cpu"), "img"),
+        "fastif": (lambda: FastIF(m, k=40, params="last", scale=20.0, damp=0.01, depth=10, batch_size=8, seed=0,
+                                  repetitions=2, progress=False), "img"),
+        "tracin_we": (lambda: TracInWE(cnn, cnn_run, progress=False), "txt"),
+    }
+
+
+SELF = ("tracincp_all", "tracincp_last", "turnover", "ifunc", "tracin_we")
+
+
+def _compute(setup, sharded: bool) -> dict:
+    out = {}
+    for name, (make, kind) in _estimators(setup).items():
+        train, test = setup[f"{kind}_train"], setup[f"{kind}_test"]
+        est = Sharded(make()) if sharded else make()
+        est.fit(train)
+        res = {"scores": est.scores(test).double()}
+        if name in SELF:
+            res["self"] = est.self_influence().double()
+        top = est.top_k(test, 3)
+        res["proponents"], res["opponents"] = top.proponents, top.opponents
+        out[name] = res
+    return out
+
+
+def _worker(rank: int, world: int, port: int, setup: dict, path: str):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        got = _compute(setup, sharded=True)
+        torch.save(got, f"{path}.{rank}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    train = load("fashion_mnist", n=120, seed=0, stratify=True)
+    dup = dataclasses.replace(train.subset([5]), ids=np.array([900_001]))  # ties with example 5
+    train = concat_datasets([train, dup])
+    test = load("fashion_mnist", "test", n=5, seed=0)
+    m = mlp(num_classes=10, hidden=[24], turnover={"p": 0.5, "seed": 3, "layers": 1}, seed=0)
+    run = tmp_path_factory.mktemp("dist") / "run"
+    Trainer(m, TrainConfig(epochs=2, lr=0.05, batch_size=16, seed=0, progress=False, device="cpu"), run).fit(train)
+    txt_train, txt_test = load("snli2", n=33, seed=2), load("snli2", split="test", n=3, seed=0)
+    vocab = build_vocab(txt_train, max_length=32)
+    cnn = word_cnn(vocab=vocab, num_classes=2, max_length=32, emb_dim=8, filters=6, seed=0)
+    cnn_run = tmp_path_factory.mktemp("dist") / "cnn"
+    Trainer(cnn, TrainConfig(epochs=2, batch_size=8, lr=0.05, momentum=0.9, device="cpu", progress=False, seed=3),
+            cnn_run).fit(txt_train)
+    return dict(mlp=m, run=run, cnn=cnn, cnn_run=cnn_run, img_train=train, img_test=test,
+                txt_train=txt_train, txt_test=txt_test)
+
+
+def test_blocks_cover_every_example_once():
+    for n in (0, 1, 5, 121):
+        for world in (1, 2, 3, 8):
+            parts = [block(n, r, world) for r in range(world)]
+            assert torch.equal(torch.cat(parts), torch.arange(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_outside_a_process_group_sharded_is_the_estimator(setup):
+    est = TracInCP(setup["mlp"], setup["run"], params="last", progress=False)
+    ref = est.fit(setup["img_train"]).scores(setup["img_test"])
+    got = Sharded(TracInCP(setup["mlp"], setup["run"], params="last", progress=False)).fit(setup["img_train"])
+    assert torch.equal(got.scores(setup["img_test"]), ref)
+
+
+def test_two_gloo_processes_equal_one_process(setup, tmp_path):
+    import torch.multiprocessing as mp
+
+    ref = _compute(setup, sharded=False)
+    path = str(tmp_path / "got")
+    mp.spawn(_worker, args=(2, _free_port(), setup, path), nprocs=2, join=True)
+    got0, got1 = torch.load(f"{path}.0", weights_only=True), torch.load(f"{path}.1", weights_only=True)
+    for name, want in ref.items():
+        for key, value in want.items():
+            a, b = got0[name][key], got1[name][key]
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), \
+                f"{name} {key}: ranks disagree"
+            if key in ("proponents", "opponents"):
+                # the same ranking: the sharded picks score what one process's picks score (ids may
+                # differ only between values equal up to rounding)
+                ref_s = want["scores"]
+                ids = torch.as_tensor(setup[f"{_estimators(setup)[name][1]}_train"].ids)
+                col = {int(t): c for c, t in enumerate(ids)}
+                picked = torch.stack([ref_s[r, [col[int(t)] for t in a[r]]] for r in range(len(a))])
+                wanted = torch.stack([ref_s[r, [col[int(t)] for t in value[r]]] for r in range(len(value))])
+                scale = ref_s.nan_to_num().abs().max()
+                assert (picked - wanted).abs().max() <= 1e-5 * scale, f"{name} {key}"
+            else:
+                scale = value.nan_to_num().abs().max().clamp_min(1e-30)
+                assert torch.equal(a.isnan(), value.isnan()), f"{name} {key}: candidates differ"
+                a, value = a.nan_to_num(), value.nan_to_num()
+                assert (a - value).abs().max() <= 1e-5 * scale, f"{name} {key}: {(a - value).abs().max() / scale:.2e}"
+    # the planted duplicate ties with its original in every score column
+    s = ref["tracincp_last"]["scores"]
+    ids = setup["img_train"].ids
+    i, j = int(np.flatnonzero(ids == ids[5])[0]), int(np.flatnonzero(ids == 900_001)[0])
+    assert torch.equal(s[:, i], s[:, j])
