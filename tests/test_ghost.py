@@ -117,7 +117,7 @@ def test_streaming_tracincp_equals_stored_rows(vgg_run):
     ref, got = rows.scores(test), stream.scores(test)
     assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
     s_ref, s_got = rows.self_influence(), stream.self_influence()
-    assert (s_got - s_ref).abs().max() <= 1e-5 * s_ref.max()
+    assert ((s_got - s_ref).abs() / s_ref).max() <= 2e-6  # every example, relative (rows once summed with einsum: 3e-4)
     top_r, top_s = rows.top_k(test, 3), stream.top_k(test, 3)
     assert torch.equal(top_r.proponents, top_s.proponents) and torch.equal(top_r.opponents, top_s.opponents)
     # without hooks (the per-example loop), streaming contracts per-example rows chunk by chunk

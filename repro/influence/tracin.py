@@ -366,7 +366,8 @@ class TracInCP(Estimator):
 
     def _sq_norms(self, rows: dict) -> torch.Tensor:
         if not self.fast:
-            return torch.einsum("ij,ij->i", rows["g"], rows["g"])  # no n x d temporary
+            g = rows["g"]  # squared in column blocks: no n x d temporary, and sum()'s accurate reduction
+            return sum(g[:, s:s + 65536].pow(2).sum(1) for s in range(0, g.shape[1], 65536))
         ee = rows["e"].pow(2).sum(1)
         if not self.use_weight:
             return ee
