@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	mkdir -p $(BENCH_OUT)
 	export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; set -e; \
-	$(PY) benchmarks/bench_tracin_peers.py --out $(BENCH_OUT)/tracin_peers.csv; \
+	$(PY) benchmarks/bench_tracin_peers.py --sizes $${TRACIN_SIZES:-500,2000} --out $(BENCH_OUT)/tracin_peers.csv; \
 	$(PY) benchmarks/bench_lissa_peers.py --out $(BENCH_OUT)/lissa_peers.csv; \
 	$(PY) benchmarks/bench_tracin_we.py --threads 1 --out $(BENCH_OUT)/tracin_we.json; \
 	$(PY) benchmarks/bench_fastif.py --threads 1 --out $(BENCH_OUT)/fastif.csv
