@@ -74,13 +74,17 @@ def runs_root() -> Path:
 
 
 def git_commit(root: Path | None = None) -> str | None:
+    """HEAD of the checkout, with ``+dirty`` when tracked files outside ``results/`` differ from it."""
     root = root or repo_root()
     if root is None:
         return None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        # results/ holds outputs, not code: a finished notebook's committed results changing must
+        # not mark the next notebook of `repro run all` as run from a dirty tree
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return f"{commit}{'+dirty' if dirty else ''}" if commit else None
     except (OSError, subprocess.SubprocessError):

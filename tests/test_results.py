@@ -70,3 +70,27 @@ def test_cli_reports_bad_input_without_traceback(capsys):
     assert cli_main(["run", "quickstart", "--set", "novalue"]) == 2
     assert cli_main(["list"]) == 0
     assert "quickstart" in capsys.readouterr().out
+
+
+def test_git_commit_ignores_results_but_not_code(tmp_path):
+    """A notebook's committed results changing (the previous notebook of `repro run all`) does not
+    make the next run 'dirty'; a changed source file does."""
+    import subprocess
+
+    from repro.results import git_commit
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results" / "nb" / "cpu").mkdir(parents=True)
+    (tmp_path / "results" / "nb" / "cpu" / "metrics.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.email=a@b", "-c", "user.name=t", "commit", "-q", "-m", "init")
+    clean = git_commit(tmp_path)
+    assert clean and "dirty" not in clean
+    (tmp_path / "results" / "nb" / "cpu" / "metrics.json").write_text('{"new": 1}')
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "+dirty"
