@@ -296,12 +296,16 @@ def test_text_fast_path_equals_brute_force(text_run):
 
 def test_text_embeddings_one_checkpoint(text_run):
     r = text_run
-    t = TracInCP(r["model"], r["cks"][0], params="embeddings", lr_weighting=False, progress=False)
+    t = TracInCP(r["model"], r["cks"][0], params="embeddings", lr_weighting=False, store="rows", progress=False)
     train, test = r["train"][torch.arange(2)], r["test"][torch.arange(2)]
     t.fit(train)
     assert t._rows[0]["g"].shape == (2, r["model"].word_embeddings.weight.numel())
     want = brute_scores(r["model"], r["cks"], [1.0], train, test, r["model"].param_group("embeddings"))
     close(t.scores(test), want, rtol=1e-3)
+    # the default streams (no hooks for embeddings: per-example rows chunk by chunk), same numbers
+    stream = TracInCP(r["model"], r["cks"][0], params="embeddings", lr_weighting=False, progress=False).fit(train)
+    assert stream.stored == "stream"
+    close(stream.scores(test), want, rtol=1e-3)
 
 
 def test_run_folder_counts_each_step_once(tmp_path):
