@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -69,11 +68,6 @@ def _worker(rank: int, world: int, port: int, args, root: str, out: str):
         dist.destroy_process_group()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +102,8 @@ def main():
     import pandas as pd
     import torch.multiprocessing as mp
 
+    from repro.distributed import free_port
+
     load = os.getloadavg()[0]
     worlds = [int(x) for x in args.nproc.split(",")]
     rows, ref = [], None
@@ -115,7 +111,7 @@ def main():
         _setup(args, Path(tmp))  # train once, outside the timing
         for world in worlds:
             out = os.path.join(tmp, f"res{world}.pt")
-            mp.spawn(_worker, args=(world, _port(), args, tmp, out), nprocs=world, join=True)
+            mp.spawn(_worker, args=(world, free_port(), args, tmp, out), nprocs=world, join=True)
             res = torch.load(out, weights_only=True)
             if ref is None:
                 ref = res

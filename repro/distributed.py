@@ -35,7 +35,7 @@ import torch
 
 from repro.errors import ReproError
 
-__all__ = ["Sharded", "active", "block", "gather_columns", "gather_rows"]
+__all__ = ["Sharded", "active", "block", "free_port", "gather_columns", "gather_rows"]
 
 
 def active() -> bool:
@@ -43,6 +43,15 @@ def active() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a single-node ``tcp://`` rendezvous of spawned processes)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _rank_world() -> tuple[int, int]:

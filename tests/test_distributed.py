@@ -7,15 +7,13 @@ every estimator in one process, then spawns 2 processes that compute the same th
 agree (1e-5 relative: chunk boundaries differ, so float rounding may), and both ranks must hold the
 same full result."""
 import dataclasses
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 
 from repro.data import concat_datasets, load
-from repro.distributed import Sharded, block
+from repro.distributed import Sharded, block, free_port
 from repro.influence import (FastIF, InfluenceFunction, LastLayerInfluence, RepresenterPoints, TracInCP,
                              TracInWE, TurnOverInfluence)
 from repro.models import mlp, word_cnn
@@ -71,11 +69,6 @@ def _worker(rank: int, world: int, port: int, setup: dict, path: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -116,7 +109,7 @@ def test_two_gloo_processes_equal_one_process(setup, tmp_path):
 
     ref = _compute(setup, sharded=False)
     path = str(tmp_path / "got")
-    mp.spawn(_worker, args=(2, _free_port(), setup, path), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), setup, path), nprocs=2, join=True)
     got0, got1 = torch.load(f"{path}.0", weights_only=True), torch.load(f"{path}.1", weights_only=True)
     for name, want in ref.items():
         for key, value in want.items():

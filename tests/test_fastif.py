@@ -173,7 +173,7 @@ def test_distributed_flag_uses_the_callers_process_group(trained_vgg):
     """The torchrun path (``distributed=True``) in a 1-process gloo group equals the sequential run."""
     import torch.distributed as dist
 
-    from repro.influence.fastif import _free_port
+    from repro.distributed import free_port as _free_port
 
     model, train, test = trained_vgg
     pts = test[torch.arange(2)]

@@ -26,7 +26,7 @@ POSITIVE = HELPFUL (``paper_influence = -scores`` is FastIF's own sign, negative
 from __future__ import annotations
 
 import os
-import socket
+
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -518,7 +518,9 @@ class FastIF(Estimator):
         with tempfile.TemporaryDirectory(prefix="fastif-") as tmp:
             out = os.path.join(tmp, "result.pt")
             payload = self._payload()
-            mp.spawn(_fastif_worker, args=(workers, _free_port(), backend, payload, batch.to("cpu"),
+            from repro.distributed import free_port
+
+            mp.spawn(_fastif_worker, args=(workers, free_port(), backend, payload, batch.to("cpu"),
                                            pos, aggregate, out, keep_s_test, self.worker_threads),
                      nprocs=workers, join=True)
             cand, S, timings = torch.load(out, weights_only=False)
@@ -531,12 +533,6 @@ class FastIF(Estimator):
 
 
 # ---------------------------------------------------------------------------- workers
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rebuild_model(part):
     return part[1]
 

@@ -118,9 +118,7 @@ def factors(model, chunk: Batch, names: Sequence[str], target, owners: dict | No
                 d_in = mod.weight[0].numel() if isinstance(mod, nn.Conv2d) else mod.in_features
                 factored = use_ghost(_positions(mod, a, gout), d_in, mod.weight.shape[0])
         decided[m] = factored
-        grads = None
-        if not factored or want_b:
-            grads = G._per_example_param_grads(mod, a, gout) if not factored else None
+        grads = None if factored else G._per_example_param_grads(mod, a, gout)
         if factored:
             fa, fe = _weight_factors(mod, a, gout)
             pieces.append(Ghost(fa, fe))
