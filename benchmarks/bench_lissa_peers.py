@@ -145,7 +145,7 @@ from common import (PeerCheckpoints, agreement, finish, image_tensors, loader, p
                     run_environment, timed)
 from repro.data import load
 from repro.influence import InfluenceFunction
-from repro.influence.hessian import TrainingObjective
+from repro.influence.hessian import CGConfig, TrainingObjective
 from repro.models import vgg
 from repro.train import TrainConfig, Trainer, list_checkpoints
 from repro.utils import resolve_device
@@ -319,7 +319,7 @@ def main(argv=None):
 
             def ours_ref():
                 ex = InfluenceFunction(model, train, params=names, weight_decay=0, solver=solver,
-                                       damping=lam, hvp_batch_size=256, cg_tol=CG_TOL, cg_maxiter=500,
+                                       damping=lam, hvp_batch_size=256, cg=CGConfig(tol=CG_TOL, maxiter=500),
                                        device=device, progress=False)
                 G = ex.test_grads(test)
                 t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from repro.errors import (CheckpointError, ConfigMismatchError, ConvergenceError
                           InvalidParameterError, LabelRangeError, NonFiniteInputError, UnsafePathError)
 from repro.influence import InfluenceFunction, LastLayerInfluence, TracInCP
 from repro.influence import tracin as tracin_mod
-from repro.influence.hessian import TrainingObjective, conjugate_gradient, exact_ihvp, lissa
+from repro.influence.hessian import CGConfig, TrainingObjective, conjugate_gradient, exact_ihvp, lissa
 from repro.models import vgg
 from repro.train import Checkpoint, TrainConfig, Trainer, list_checkpoints, load_run
 from repro.utils import atomic_write_json
@@ -314,6 +314,19 @@ def test_cg_damping_and_convergence(tiny):
         exact_ihvp(obj, v, damping=-0.1)
     s = conjugate_gradient(obj, v, damping=0.1, tol=1e-10, maxiter=500)
     assert torch.isfinite(s).all()
+    # the estimator takes CG's stopping rule as one CGConfig, and only with solver="cg"
+    test = batch[torch.arange(2)]
+    with pytest.raises(ConvergenceError, match="CGConfig.maxiter"):
+        InfluenceFunction(model, batch, params="all", solver="cg", damping=0.0,
+                          cg=CGConfig(tol=1e-12, maxiter=3), progress=False).scores(test)
+    exact = InfluenceFunction(model, batch, params="all", solver="exact", damping=0.1, progress=False)
+    cg = InfluenceFunction(model, batch, params="all", solver="cg", damping=0.1,
+                           cg=CGConfig(tol=1e-10, maxiter=500), progress=False)
+    torch.testing.assert_close(cg.scores(test), exact.scores(test), rtol=1e-6, atol=1e-9)
+    with pytest.raises(TypeError, match="solver='cg' only"):
+        InfluenceFunction(model, batch, params="all", solver="lissa", cg=CGConfig())
+    with pytest.raises(InvalidParameterError):
+        CGConfig(tol=0.0)
 
 
 def test_lissa_reports_convergence(tiny):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from repro.data import load
-from repro.errors import ReproError, UnknownNameError
-from repro.influence.fastif import FastIF, KNNIndex, faiss_available, knn_recall
+from repro.errors import InvalidParameterError, ReproError, UnknownNameError
+from repro.influence.fastif import FastIF, KNNConfig, KNNIndex, WorkerConfig, faiss_available, knn_recall
 from repro.influence.ifunc import InfluenceFunction, NotFittedError
 from repro.models import vgg
 from repro.train import TrainConfig, Trainer
@@ -189,10 +189,33 @@ def test_distributed_flag_uses_the_callers_process_group(trained_vgg):
     torch.testing.assert_close(got.scores, seq.scores)
 
 
+def test_knn_config_feature_function_defines_the_candidates(trained_vgg):
+    """``KNNConfig(features=f)``: the candidates are the exact nearest training examples in f's space
+    (here raw pixels), not in the default penultimate-layer space."""
+    model, train, test = trained_vgg
+    pts = test[torch.arange(4)]
+    pixels = KNNConfig(features=lambda m, inputs: inputs["pixel_values"].flatten(1), chunk_size=7, feature_batch_size=5)
+    fif = FastIF(model, train, k=6, params=PARAMS, knn=pixels, progress=False)
+    d2 = torch.cdist(pts.inputs["pixel_values"].flatten(1).float(), train.inputs["pixel_values"].flatten(1).float()) ** 2
+    dists, pos = fif.neighbours(pts)
+    assert torch.equal(pos, d2.topk(6, dim=1, largest=False).indices)
+    torch.testing.assert_close(dists, d2.gather(1, pos), rtol=1e-4, atol=1e-3)
+    default = FastIF(model, train, k=6, params=PARAMS, progress=False)
+    assert not torch.equal(default.neighbours(pts)[1], pos)
+
+
 def test_errors(trained_vgg):
     model, train, test = trained_vgg
     with pytest.raises(UnknownNameError):
-        FastIF(model, params=PARAMS, knn_backend="hnsw")
+        FastIF(model, params=PARAMS, knn=KNNConfig(backend="hnsw"))
+    with pytest.raises(TypeError, match=r"knn_backend= -> knn=KNNConfig\(backend=...\)"):
+        FastIF(model, params=PARAMS, knn_backend="faiss")  # the old flat keyword names its new home
+    with pytest.raises(TypeError, match="unknown LiSSA option"):
+        FastIF(model, params=PARAMS, depht=10)
+    with pytest.raises(InvalidParameterError):
+        FastIF(model, params=PARAMS, workers=WorkerConfig(n=0))
+    with pytest.raises(TypeError):
+        FastIF(model, params=PARAMS, workers=2.0)
     with pytest.raises(ValueError):
         FastIF(model, params=PARAMS, k=0)
     fif = FastIF(model, params=PARAMS, progress=False)

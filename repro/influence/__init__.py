@@ -29,10 +29,11 @@ from repro.influence.grads import (Target, batch_grad, choose_method, flat_param
                                    param_names, per_example_grads, resolve_target, unflatten)
 from repro.influence.projection import Projector
 from repro.influence.tracin import NotFittedError, TracInCP, resolve_checkpoints
-from repro.influence.hessian import (LissaConfig, LissaDivergedError, TrainingObjective, WeightDecay,
+from repro.influence.hessian import (CGConfig, LissaConfig, LissaDivergedError, TrainingObjective, WeightDecay,
                                      conjugate_gradient, exact_ihvp, lissa)
 from repro.influence.ifunc import SOLVERS, InfluenceFunction
-from repro.influence.fastif import FastIF, FastIFResult, KNNIndex, compute_features, faiss_available, knn_recall
+from repro.influence.fastif import (FastIF, FastIFResult, KNNConfig, KNNIndex, WorkerConfig, compute_features,
+                                   faiss_available, knn_recall)
 from repro.influence.lastlayer import LastLayerCosine, LastLayerInfluence, RepresenterPoints
 from repro.influence.turnover import TurnOverInfluence
 from repro.influence.tracin_we import (TokenGrads, TracInWE, cancellation_ratio, cancellation_ratio_from_grads,
@@ -64,7 +65,7 @@ def estimator(name: str, *args, **config):
 
 
 __all__ = ["ESTIMATORS", "Estimator", "LastLayerCosine", "RandomInfluence", "TopK", "estimator", "TokenGrads", "TracInWE", "cancellation_ratio", "cancellation_ratio_from_grads", "position_grads",
-           "sparse_dot", "token_grads", "word_embedding_module", "FastIF", "FastIFResult", "InfluenceFunction", "KNNIndex", "LastLayerInfluence", "LissaConfig",
+           "sparse_dot", "token_grads", "word_embedding_module", "FastIF", "FastIFResult", "InfluenceFunction", "KNNConfig", "KNNIndex", "WorkerConfig", "CGConfig", "LastLayerInfluence", "LissaConfig",
            "LissaDivergedError", "RepresenterPoints", "SOLVERS", "TrainingObjective", "TurnOverInfluence",
            "WeightDecay", "compute_features", "conjugate_gradient", "exact_ihvp", "faiss_available",
            "knn_recall", "lissa", "GradientCache", "NotFittedError", "Projector", "Target", "TracInCP", "batch_grad",

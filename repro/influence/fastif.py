@@ -6,11 +6,11 @@ Three speed-ups over scoring every training example with a carefully estimated `
 1. **kNN candidates**: only the ``k`` training examples nearest to the test point in a feature
    space of the model (``model.features``: the pooled [CLS] output for the text classifier, the
    penultimate activations for the VGG) are scored. The search is exact L2 (chunked matrix
-   products in torch by default; ``knn_backend="faiss"`` uses ``faiss.IndexFlatL2`` when faiss is
+   products in torch by default; ``KNNConfig(backend="faiss")`` uses ``faiss.IndexFlatL2`` when faiss is
    installed). Several test points can be one query through their **mean** feature.
 2. **Small-batch LiSSA**: ``s_test`` with mini-batch size 1 and more repetitions (the paper found
    the error depends on the depth, hardly on the batch size).
-3. **Parallel** (``workers=G``): G processes (``torch.distributed``: gloo on CPU, NCCL on GPU,
+3. **Parallel** (``workers=G`` or ``WorkerConfig``): G processes (``torch.distributed``: gloo on CPU, NCCL on GPU,
    started with ``torch.multiprocessing.spawn``, or the caller's process group under ``torchrun``
    with ``distributed=True``). Worker ``w`` runs the LiSSA repetitions ``r`` with ``r % G == w``
    (each repetition has its own seeded mini-batch stream, :func:`repro.influence.hessian.stream_seed`),
@@ -37,13 +37,13 @@ import torch
 
 from repro.checks import check_k
 from repro.data.core import Batch
-from repro.errors import ReproError, UnknownNameError
+from repro.errors import InvalidParameterError, ReproError, UnknownNameError
 from repro.influence.grads import as_batch
 from repro.influence.base import Estimator, TopK
 from repro.influence.hessian import LissaConfig
 from repro.influence.ifunc import InfluenceFunction, NotFittedError
 
-__all__ = ["FastIF", "FastIFResult", "KNNIndex", "compute_features", "knn_recall",
+__all__ = ["FastIF", "FastIFResult", "KNNConfig", "WorkerConfig", "KNNIndex", "compute_features", "knn_recall",
            "faiss_available", "KNN_BACKENDS"]
 
 KNN_BACKENDS = ("torch", "faiss", "auto")
@@ -104,7 +104,7 @@ class KNNIndex:
         if backend == "auto":
             backend = "faiss" if faiss_available() else "torch"
         if backend == "faiss" and not faiss_available():
-            raise ReproError("knn_backend='faiss' needs faiss (`pip install faiss-cpu`); "
+            raise ReproError("backend='faiss' needs faiss (`pip install faiss-cpu`); "
                              "the default 'torch' backend needs nothing")
         feats = torch.as_tensor(features).float()
         if feats.dim() != 2 or len(feats) == 0:
@@ -226,6 +226,72 @@ class FastIFResult:
         return self.candidate_ids.gather(1, t.indices), t.values
 
 
+# ---------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class KNNConfig:
+    """How FastIF finds its candidates.
+
+    Args:
+        features: ``callable(model, inputs) -> (b, f)`` defining the kNN space (default: the
+            input of the model's last linear layer, ``model.features``).
+        backend: ``"torch"`` (default), ``"faiss"`` or ``"auto"`` (see :class:`KNNIndex`).
+        chunk_size: database rows per chunk of the torch search.
+        feature_batch_size: examples per forward pass when computing features.
+    """
+
+    features: Callable | None = None
+    backend: str = "torch"
+    chunk_size: int = 65536
+    feature_batch_size: int = 256
+
+    def __post_init__(self):
+        if self.backend not in KNN_BACKENDS:
+            raise UnknownNameError(f"unknown kNN backend {self.backend!r}; use one of {KNN_BACKENDS}")
+        if self.features is not None and not callable(self.features):
+            raise TypeError(f"features must be callable(model, inputs), got {type(self.features).__name__}")
+        for name in ("chunk_size", "feature_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidParameterError(f"KNNConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Parallel FastIF: ``n`` spawned processes in a ``torch.distributed`` group.
+
+    Args:
+        n: processes (1 = sequential, in the caller's process).
+        backend: ``"gloo"`` / ``"nccl"`` (default: NCCL when the estimator runs on CUDA, else gloo).
+        threads: torch threads per spawned worker (1: ``n`` workers use ``n`` cores).
+    """
+
+    n: int = 1
+    backend: str | None = None
+    threads: int = 1
+
+    def __post_init__(self):
+        if int(self.n) < 1 or int(self.threads) < 1:
+            raise InvalidParameterError(f"WorkerConfig needs n >= 1 and threads >= 1, got n={self.n}, "
+                                        f"threads={self.threads}")
+        if self.backend not in (None, "gloo", "nccl"):
+            raise UnknownNameError(f"unknown process-group backend {self.backend!r}; use 'gloo' or 'nccl'")
+
+    @classmethod
+    def make(cls, workers) -> "WorkerConfig":
+        """A config from an int (the number of processes) or a config."""
+        if isinstance(workers, cls):
+            return workers
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+            raise TypeError(f"workers must be an int or a WorkerConfig, got {type(workers).__name__}")
+        return cls(n=int(workers))
+
+
+# flat keywords of earlier versions and where they live now (named in the TypeError)
+_MOVED = {"knn_backend": "knn=KNNConfig(backend=...)", "knn_chunk": "knn=KNNConfig(chunk_size=...)",
+          "feature_batch_size": "knn=KNNConfig(feature_batch_size=...)",
+          "features": "knn=KNNConfig(features=...)", "dist_backend": "workers=WorkerConfig(backend=...)",
+          "worker_threads": "workers=WorkerConfig(threads=...)"}
+
+
 # ---------------------------------------------------------------------------- FastIF
 class FastIF(Estimator):
     """Influence functions restricted to the ``k`` nearest training examples (FastIF).
@@ -238,22 +304,22 @@ class FastIF(Estimator):
         k: candidates per query (FastIF: 1,000 of 390k; also 10,000).
         params, weight_decay, test_target, train_loss, grad_chunk, method, device: as for
             :class:`repro.influence.ifunc.InfluenceFunction`.
-        damp, scale, depth, batch_size, repetitions, tol, min_depth, seed, damping: LiSSA
-            settings overriding ``lissa`` (a :class:`LissaConfig`; default FastIF's fast setting:
-            batch size 1, damp 5e-3, scale 1e4, depth 1000, one repetition). ``damping`` sets
-            ``damp = damping / scale``.
-        features: ``callable(model, inputs) -> (b, f)`` for the kNN space (default
-            ``model.features``).
-        knn_backend: ``"torch"`` (default), ``"faiss"`` or ``"auto"`` (see :class:`KNNIndex`).
-        workers: processes for :meth:`scores` (1 = sequential). With ``G > 1`` workers,
-            ``max(repetitions, G)`` LiSSA repetitions are averaged.
-        dist_backend: ``"gloo"`` / ``"nccl"`` (default: NCCL on CUDA, else gloo).
-        worker_threads: torch threads per spawned worker (1: G workers use G cores).
+        lissa: a :class:`LissaConfig` (default FastIF's fast setting: batch size 1, damp 5e-3,
+            scale 1e4, depth 1000, one repetition).
+        **lissa_options: shorthand for single LiSSA fields overriding ``lissa`` (``damp``,
+            ``scale``, ``depth``, ``batch_size``, ``repetitions``, ``tol``, ``min_depth``,
+            ``seed``, ``damping``; ``damping`` sets ``damp = damping / scale``); anything else is
+            a TypeError naming the known options.
+        knn: a :class:`KNNConfig` (feature function, search backend, chunk sizes).
+        workers: processes for :meth:`scores`: an int ``G`` (1 = sequential) or a
+            :class:`WorkerConfig` (also the process-group backend and threads per worker). With
+            ``G > 1`` workers, ``max(repetitions, G)`` LiSSA repetitions are averaged.
         progress: progress bars.
 
     Example::
 
-        fif = FastIF(model, train, k=100, weight_decay=0.01, scale=1e4, depth=300)
+        fif = FastIF(model, train, k=100, weight_decay=0.01, scale=1e4, depth=300,
+                     knn=KNNConfig(backend="auto"))
         res = fif.scores(test)                     # FastIFResult
         ids, vals = res.top(10, "helpful")         # most helpful candidate ids per test point
         full = res.dense()                         # (n_test, n_train), NaN off the candidates
@@ -265,35 +331,22 @@ class FastIF(Estimator):
     """
 
     def __init__(self, model, train=None, k: int = 1000, params="trainable", weight_decay=0.0, *,
-                 damp: float | None = None, scale: float | None = None, depth: int | None = None,
-                 batch_size: int | None = None, repetitions: int | None = None,
-                 tol: float | None = None, min_depth: int | None = None, seed: int | None = None,
-                 damping: float | None = None, lissa: LissaConfig | None = None,
-                 features: Callable | None = None, knn_backend: str = "torch",
-                 knn_chunk: int = 65536, feature_batch_size: int = 256, workers: int = 1,
-                 dist_backend: str | None = None, worker_threads: int = 1,
-                 test_target="loss", train_loss=None,
+                 lissa: LissaConfig | None = None, knn: KNNConfig | None = None,
+                 workers: "int | WorkerConfig" = 1, test_target="loss", train_loss=None,
                  grad_chunk: int | None = None, device="auto", method: str = "auto",
-                 progress: bool = True):
-        if knn_backend not in KNN_BACKENDS:
-            raise UnknownNameError(f"unknown kNN backend {knn_backend!r}; use one of {KNN_BACKENDS}")
+                 progress: bool = True, **lissa_options):
         k = check_k(k)
-        if int(workers) < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+        moved = sorted(set(lissa_options) & set(_MOVED))
+        if moved:
+            raise TypeError("FastIF groups these settings now: " + "; ".join(
+                f"{name}= -> {_MOVED[name]}" for name in moved))
         base = lissa or LissaConfig(batch_size=1)  # FastIF's fast setting
-        given = dict(damp=damp, scale=scale, depth=depth, batch_size=batch_size,
-                     repetitions=repetitions, tol=tol, min_depth=min_depth, seed=seed)
-        overrides = {key: v for key, v in given.items() if v is not None}
-        cfg = LissaConfig.make(base, **overrides,
-                               **({"damping": damping} if damping is not None else {}))
+        cfg = LissaConfig.make(base, **lissa_options)
+        if knn is not None and not isinstance(knn, KNNConfig):
+            raise TypeError(f"knn must be a KNNConfig, got {type(knn).__name__}")
         self.k = int(k)
-        self.features_fn = features
-        self.knn_backend = knn_backend
-        self.knn_chunk = int(knn_chunk)
-        self.feature_batch_size = int(feature_batch_size)
-        self.workers = int(workers)
-        self.dist_backend = dist_backend
-        self.worker_threads = int(worker_threads)
+        self.knn = knn or KNNConfig()
+        self.worker_config = WorkerConfig.make(workers)
         self.progress = progress
         self.influence = InfluenceFunction(
             model, None, params=params, weight_decay=weight_decay, solver="lissa", lissa=cfg,
@@ -308,6 +361,11 @@ class FastIF(Estimator):
                                    grad_chunk=grad_chunk, method=method)
         if train is not None:
             self.fit(train)
+
+    @property
+    def workers(self) -> int:
+        """Processes :meth:`candidates` uses by default (``self.worker_config.n``)."""
+        return self.worker_config.n
 
     @property
     def lissa(self) -> LissaConfig:
@@ -345,18 +403,15 @@ class FastIF(Estimator):
             if len(index) != len(self.train):
                 raise ValueError(f"the index holds {len(index)} rows but the training set has "
                                  f"{len(self.train)} examples")
-            self.index, self.index_time_s = index, 0.0
+            self.index = index
         elif build_index:
-            t0 = time.perf_counter()
-            feats = self.features(self.train)
-            self.index = KNNIndex(feats, self.knn_backend, self.knn_chunk)
-            self.index_time_s = time.perf_counter() - t0
+            self.index = KNNIndex(self.features(self.train), self.knn.backend, self.knn.chunk_size)
         return self
 
     def features(self, data) -> torch.Tensor:
         """Feature rows of ``data`` in the kNN space."""
-        return compute_features(self.model, data, self.feature_batch_size,
-                                feature_fn=self.features_fn)
+        return compute_features(self.model, data, self.knn.feature_batch_size,
+                                feature_fn=self.knn.features)
 
     def _check_index(self) -> KNNIndex:
         if self.index is None:
@@ -503,17 +558,16 @@ class FastIF(Estimator):
         estimator settings."""
         import copy
         # the model itself (any module, repro's or not), never rebuilt from a spec
-        model_part = ("module", copy.deepcopy(self.model).cpu(), None)
-        train = self.train
-        return {"model": model_part, "train": train.to("cpu"), "kwargs": self._worker_kwargs}
+        return {"model": copy.deepcopy(self.model).cpu(), "train": self.train.to("cpu"),
+                "kwargs": self._worker_kwargs}
 
     def _spawn(self, batch, pos, aggregate, workers, keep_s_test):
         import torch.multiprocessing as mp
 
-        backend = self.dist_backend or ("nccl" if self.influence.device.type == "cuda" else "gloo")
+        backend = self.worker_config.backend or ("nccl" if self.influence.device.type == "cuda" else "gloo")
         if backend == "nccl" and torch.cuda.device_count() < workers:
             raise ReproError(f"{workers} NCCL workers need {workers} GPUs, found "
-                             f"{torch.cuda.device_count()}; use dist_backend='gloo'")
+                             f"{torch.cuda.device_count()}; use WorkerConfig(backend='gloo')")
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="fastif-") as tmp:
             out = os.path.join(tmp, "result.pt")
@@ -521,7 +575,7 @@ class FastIF(Estimator):
             from repro.distributed import free_port
 
             mp.spawn(_fastif_worker, args=(workers, free_port(), backend, payload, batch.to("cpu"),
-                                           pos, aggregate, out, keep_s_test, self.worker_threads),
+                                           pos, aggregate, out, keep_s_test, self.worker_config.threads),
                      nprocs=workers, join=True)
             cand, S, timings = torch.load(out, weights_only=False)
         timings = {**timings, "spawn_total_s": time.perf_counter() - t0}
@@ -529,14 +583,10 @@ class FastIF(Estimator):
 
     def __repr__(self) -> str:
         return (f"FastIF(k={self.k}, params={self.influence.params!r}, lissa={self.lissa}, "
-                f"workers={self.workers}, knn_backend={self.knn_backend!r})")
+                f"knn={self.knn}, workers={self.worker_config})")
 
 
 # ---------------------------------------------------------------------------- workers
-def _rebuild_model(part):
-    return part[1]
-
-
 def _fastif_worker(rank: int, world: int, port: int, backend: str, payload: dict, batch: Batch,
                    pos: torch.Tensor, aggregate: str, out_path: str, keep_s_test: bool,
                    threads: int = 1) -> None:
@@ -555,7 +605,7 @@ def _fastif_worker(rank: int, world: int, port: int, backend: str, payload: dict
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        model = _rebuild_model(payload["model"])
+        model = payload["model"]
         kw = payload["kwargs"]
         fif = FastIF(model, None, k=kw["k"], params=kw["params"], weight_decay=kw["weight_decay"],
                      lissa=kw["lissa"], test_target=kw["test_target"], train_loss=kw["train_loss"],

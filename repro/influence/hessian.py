@@ -48,11 +48,11 @@ from torch import nn
 
 from repro.data.core import Batch
 from repro.checks import as_finite_float
-from repro.errors import ConvergenceError, ReproError, UnknownNameError
+from repro.errors import ConvergenceError, InvalidParameterError, ReproError, UnknownNameError
 from repro.influence.grads import EvalState, as_batch, param_names, resolve_target
 from repro.utils import progress as _progress
 
-__all__ = ["WeightDecay", "TrainingObjective", "LissaConfig", "LissaDivergedError", "lissa",
+__all__ = ["WeightDecay", "TrainingObjective", "LissaConfig", "CGConfig", "LissaDivergedError", "lissa",
            "exact_ihvp", "conjugate_gradient", "stream_seed"]
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -491,6 +491,24 @@ def exact_ihvp(objective: TrainingObjective, v: torch.Tensor, damping: float = 0
     return out[0] if single else out
 
 
+@dataclass(frozen=True)
+class CGConfig:
+    """Stopping rule of the conjugate-gradient solver (:func:`conjugate_gradient`).
+
+    Args:
+        tol: stop when ``||r|| <= tol ||v||`` for every right-hand side.
+        maxiter: iterations before :class:`repro.errors.ConvergenceError` is raised.
+    """
+
+    tol: float = 1e-6
+    maxiter: int = 200
+
+    def __post_init__(self):
+        if not as_finite_float("tol", self.tol) > 0 or int(self.maxiter) < 1:
+            raise InvalidParameterError(f"CGConfig needs tol > 0 and maxiter >= 1, got tol={self.tol}, "
+                                        f"maxiter={self.maxiter}")
+
+
 def conjugate_gradient(objective: TrainingObjective, v: torch.Tensor, damping: float = 0.0,
                        tol: float = 1e-6, maxiter: int = 200, batch_size: int = 64,
                        progress: bool = False) -> torch.Tensor:
@@ -531,5 +549,5 @@ def conjugate_gradient(objective: TrainingObjective, v: torch.Tensor, damping: f
         if bool((rs.sqrt() > tol * bnorm).any()):
             worst = float((rs.sqrt() / bnorm).max())
             raise ConvergenceError(f"CG did not reach tol={tol:g} in maxiter={maxiter} iterations (relative "
-                                   f"residual {worst:.3g}); raise cg_maxiter, loosen cg_tol or raise damping")
+                                   f"residual {worst:.3g}); raise CGConfig.maxiter, loosen CGConfig.tol or raise damping")
     return x[0] if single else x

@@ -33,7 +33,7 @@ from repro.data.core import Batch
 from repro.errors import EmptyDatasetError, UnknownNameError
 from repro.checks import as_finite_float, check_k
 from repro.influence.grads import as_batch, param_names, train_batch, per_example_grads, resolve_target
-from repro.influence.hessian import (LissaConfig, LissaInfo, TrainingObjective, WeightDecay,
+from repro.influence.hessian import (CGConfig, LissaConfig, LissaInfo, TrainingObjective, WeightDecay,
                                      conjugate_gradient, exact_ihvp, lissa_sum)
 from repro.errors import NotFittedError
 from repro.influence.base import Estimator, TopK, proponents_opponents
@@ -82,7 +82,8 @@ class InfluenceFunction(Estimator):
             the Hessian and for the training-example gradients.
         grad_chunk: examples per per-example-gradient chunk (default: the engine's budget).
         hvp_batch_size: mini-batch size of full-training-set passes (exact Hessian, CG).
-        cg_tol, cg_maxiter: CG stopping rule.
+        cg: a :class:`repro.influence.hessian.CGConfig` (CG's tolerance and iteration limit);
+            only with ``solver="cg"``.
         cache_train_grads: keep the training gradients in memory after the first :meth:`scores`
             call when they fit in ``cache_mb`` MiB (``"auto"``), always (True) or never (False;
             they are then streamed chunk by chunk each call).
@@ -103,7 +104,7 @@ class InfluenceFunction(Estimator):
     def __init__(self, model, train=None, params="trainable", weight_decay=0.0, solver: str = "lissa",
                  damping: float | None = None, lissa: LissaConfig | None = None, *,
                  test_target="loss", train_loss=None, grad_chunk: int | None = None,
-                 hvp_batch_size: int = 64, cg_tol: float = 1e-6, cg_maxiter: int = 200,
+                 hvp_batch_size: int = 64, cg: CGConfig | None = None,
                  cache_train_grads="auto", cache_mb: float = 1024, test_chunk: int | None = None,
                  device="auto", method: str = "auto", progress: bool = True, **lissa_kwargs):
         if solver not in SOLVERS:
@@ -119,6 +120,10 @@ class InfluenceFunction(Estimator):
                                 f"solver={solver!r}; they only apply to solver='lissa'")
             self.lissa = None
             self.damping = as_finite_float("damping", 0.0 if damping is None else damping, minimum=0.0)
+        if cg is not None and (solver != "cg" or not isinstance(cg, CGConfig)):
+            raise TypeError(f"cg= takes a CGConfig and applies to solver='cg' only (solver={solver!r}, "
+                            f"cg={type(cg).__name__})")
+        self.cg = cg or CGConfig()
         if cache_train_grads not in ("auto", True, False):
             raise ValueError(f"cache_train_grads must be 'auto', True or False, got {cache_train_grads!r}")
         self.device = resolve_device(device)
@@ -130,7 +135,6 @@ class InfluenceFunction(Estimator):
         self.train_loss = train_loss
         self.grad_chunk = grad_chunk
         self.hvp_batch_size = int(hvp_batch_size)
-        self.cg_tol, self.cg_maxiter = float(cg_tol), int(cg_maxiter)
         self.cache_train_grads = cache_train_grads
         self.cache_mb = float(cache_mb)
         self.test_chunk = test_chunk
@@ -221,7 +225,7 @@ class InfluenceFunction(Estimator):
         if self.solver == "exact":
             return exact_ihvp(obj, v, self.damping, progress=self.progress,
                               batch_size=self.hvp_batch_size)
-        return conjugate_gradient(obj, v, self.damping, tol=self.cg_tol, maxiter=self.cg_maxiter,
+        return conjugate_gradient(obj, v, self.damping, tol=self.cg.tol, maxiter=self.cg.maxiter,
                                   batch_size=self.hvp_batch_size, progress=self.progress)
 
     def s_test(self, test, aggregate: str = "none") -> torch.Tensor:
