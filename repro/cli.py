@@ -229,8 +229,13 @@ def _command_line(name: str, profile: str, overrides: dict | None) -> str:
 
     sets = " ".join(f"--set {shlex.quote(f'{k}={text(v)}')}" for k, v in (overrides or {}).items())
     threads = os.environ.get("OMP_NUM_THREADS")
-    return " ".join(x for x in (f"OMP_NUM_THREADS={threads}" if threads else "", f"repro run {name} --profile {profile}",
-                                sets) if x)
+    launcher = ""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun (see repro.distributed)
+        nodes = os.environ.get("GROUP_WORLD_SIZE", "1")
+        launcher = (f"torchrun{f' --nnodes {nodes}' if nodes != '1' else ''} --nproc-per-node "
+                    f"{os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])} --no-python")
+    return " ".join(x for x in (f"OMP_NUM_THREADS={threads}" if threads else "", launcher,
+                                f"repro run {name} --profile {profile}", sets) if x)
 
 
 def run_notebook(name: str, profile: str, overrides: dict | None = None, results: Path | None = None,
@@ -263,6 +268,9 @@ def run_notebook(name: str, profile: str, overrides: dict | None = None, results
                "REPRO_RUNS": str(runs_root().resolve()),
                "REPRO_GIT_COMMIT_START": git_commit() or "",
                "REPRO_COMMAND": _command_line(name, profile, overrides)}
+        from repro import distributed
+        if distributed.launch_role() == "driver":  # the kernel joins torchrun's group as rank 0
+            env[distributed.DRIVER_ENV] = "driver"
         t0 = time.perf_counter()
         try:
             with _environ(env):
@@ -443,7 +451,13 @@ def main(argv: list[str] | None = None) -> int:
             key, value = item.split("=", 1)
             overrides[key.strip()] = parse_value(value)
         names = list_notebooks() if args.notebook == "all" else [args.notebook]
-        from repro import profiles
+        from repro import distributed, profiles
+        role = distributed.launch_role()
+        if role != "single" and len(names) != 1:
+            raise ReproError("under torchrun, `repro run` takes one notebook per launch (its kernel is "
+                             "rank 0 of the process group), not 'all'")
+        if role == "worker":  # ranks 1..G-1 follow the notebook's influence calls
+            return distributed.serve()
         for name in names:  # every name and parameter checked (names, types) before any kernel starts
             if not (notebooks_dir() / f"{name}.ipynb").exists():
                 raise UnknownNameError(f"no notebook {name!r}; known: {list_notebooks()}")

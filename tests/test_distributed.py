@@ -7,6 +7,7 @@ every estimator in one process, then spawns 2 processes that compute the same th
 agree (1e-5 relative: chunk boundaries differ, so float rounding may), and both ranks must hold the
 same full result."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -41,11 +42,11 @@ def _estimators(setup):
 SELF = ("tracincp_all", "tracincp_last", "turnover", "ifunc", "tracin_we")
 
 
-def _compute(setup, sharded: bool) -> dict:
+def _compute(setup, sharded: bool = False, wrap=None) -> dict:
     out = {}
     for name, (make, kind) in _estimators(setup).items():
         train, test = setup[f"{kind}_train"], setup[f"{kind}_test"]
-        est = Sharded(make()) if sharded else make()
+        est = wrap(make()) if wrap is not None else Sharded(make()) if sharded else make()
         est.fit(train)
         res = {"scores": est.scores(test).double()}
         if name in SELF:
@@ -104,13 +105,49 @@ def test_outside_a_process_group_sharded_is_the_estimator(setup):
     assert torch.equal(got.scores(setup["img_test"]), ref)
 
 
-def test_two_gloo_processes_equal_one_process(setup, tmp_path):
+@pytest.fixture(scope="module")
+def reference(setup):
+    return _compute(setup, sharded=False)
+
+
+def test_two_gloo_processes_equal_one_process(setup, reference, tmp_path):
     import torch.multiprocessing as mp
 
-    ref = _compute(setup, sharded=False)
     path = str(tmp_path / "got")
     mp.spawn(_worker, args=(2, free_port(), setup, path), nprocs=2, join=True)
     got0, got1 = torch.load(f"{path}.0", weights_only=True), torch.load(f"{path}.1", weights_only=True)
+    _assert_equal_results(setup, reference, got0, got1)
+
+
+def test_shard_in_a_torchrun_kernel_equals_one_process(setup, reference, tmp_path):
+    """The topology of ``torchrun ... repro run <notebook>`` (tests/torchrun_kernel.py): rank 1
+    serves, a child of rank 0 (the notebook's kernel) joins as rank 0 and builds every estimator
+    through ``shard``; its results equal one process's, and torchrun ends cleanly once the kernel
+    exits."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    setup_path, out = tmp_path / "setup.pt", tmp_path / "got.pt"
+    torch.save(setup, setup_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), str(Path(__file__).with_name("torchrun_kernel.py")),
+                           str(setup_path), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    assert got.pop("world") == 2
+    _assert_equal_results(setup, reference, got, got)
+
+
+def test_shard_outside_torchrun_is_the_estimator(setup):
+    from repro.distributed import shard
+
+    est = TracInCP(setup["mlp"], setup["run"], params="last", progress=False)
+    assert shard(est) is est
+
+
+def _assert_equal_results(setup, ref, got0, got1):
     for name, want in ref.items():
         for key, value in want.items():
             a, b = got0[name][key], got1[name][key]
@@ -136,3 +173,34 @@ def test_two_gloo_processes_equal_one_process(setup, tmp_path):
     ids = setup["img_train"].ids
     i, j = int(np.flatnonzero(ids == ids[5])[0]), int(np.flatnonzero(ids == 900_001)[0])
     assert torch.equal(s[:, i], s[:, j])
+
+
+@pytest.mark.notebook
+def test_notebook_under_torchrun_equals_one_process(tmp_path):
+    """Issue 18 item 5, end to end with a real kernel: ``torchrun --nproc-per-node 2 --no-python repro
+    run tracin_proponents`` runs the notebook once (rank 0's kernel joins the group, rank 1 serves
+    its TracInCP sections) and writes the same mislabel-detection table as one process; the run
+    records the torchrun command and ends cleanly (the serving rank is released at kernel exit)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repro_cmd = str(Path(sys.executable).with_name("repro"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "REPRO_PROGRESS": "off"}
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    cmds = {single: [repro_cmd, "run", "tracin_proponents", "--profile", "smoke", "--results", str(single)],
+            multi: [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                    str(free_port()), "--no-python", repro_cmd, "run", "tracin_proponents", "--profile", "smoke",
+                    "--results", str(multi)]}
+    for root, cmd in cmds.items():
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = {root: root / "tracin_proponents" / "smoke" for root in cmds}
+    a, b = ((out[r] / "mislabel_detection.csv").read_text() for r in (single, multi))
+    assert a == b, "the torchrun'd notebook's detection table differs from one process's"
+    executed = (out[multi] / "tracin_proponents.ipynb").read_text()
+    assert "influence sections run on 2 processes" in executed
+    assert "influence sections run on" not in (out[single] / "tracin_proponents.ipynb").read_text()
+    command = json.loads((out[multi] / "metrics.json").read_text())["command"]
+    assert "torchrun --nproc-per-node 2 --no-python repro run tracin_proponents" in command

@@ -17,9 +17,18 @@ def start(notebook: str, namespace: dict):
     notebook keeps training runs (checkpoints): ``runs/<notebook>/<profile>`` for the profile's own
     parameters, ``runs/<notebook>/<profile>-<hash>`` when some were overridden (git-ignored).
 
-    The smoke profile prints a banner: its numbers only show that the code runs."""
+    The smoke profile prints a banner: its numbers only show that the code runs. Under
+    ``torchrun ... repro run`` it joins the process group as rank 0 (:func:`repro.distributed.connect`),
+    so that estimators built through :func:`repro.distributed.shard` split their training set
+    over the ranks."""
+    from repro import distributed
+
     profile, overrides, results_dir = profiles.from_namespace(notebook, namespace)
     params = profiles.resolve(notebook, profile, overrides)
+    if distributed.connect():  # run by `torchrun ... repro run`: influence sections split over ranks
+        import torch.distributed as dist
+        print(f"{notebook}: influence sections run on {dist.get_world_size()} processes "
+              f"({dist.get_backend()}); everything else on this one")
     writer = ResultWriter(notebook, profile, params=params, root=results_dir)
     if profile == "smoke":
         print(f"SMOKE TEST ({notebook}): tiny data and one or two epochs, to check that the notebook runs "

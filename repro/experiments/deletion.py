@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from repro.distributed import shard
 from repro.errors import UnknownNameError
 from repro.influence.grads import as_batch
 from repro.influence.tracin import resolve_checkpoints
@@ -142,12 +143,13 @@ def method_scores(name: str, model, checkpoints, train, test, **options) -> torc
                         + (" and n_checkpoints" if recipe.weights == "run" else ""))
     if "progress" in takes:
         config.setdefault("progress", False)
+    # shard(): split over the ranks of a torchrun'd notebook (repro.distributed); else the estimator
     if recipe.weights == "none":
-        return cls(model, **config).fit(train).scores(test).float()
+        return cls(model, **config).fit(train).scores(test).float()  # random scores: nothing to split
     if recipe.weights == "final":
         if n_ck is not None:
             raise TypeError(f"method {name!r} uses the last checkpoint only; it takes no n_checkpoints")
-        return cls(_final_model(model, checkpoints), **config).fit(train).scores(test).float()
+        return shard(cls(_final_model(model, checkpoints), **config)).fit(train).scores(test).float()
     if recipe.estimator == "tracincp" and checkpoints is None:
         raise ValueError(f"{name} needs checkpoints (a run folder or Checkpoint list)")
     if n_ck is not None:
@@ -157,7 +159,7 @@ def method_scores(name: str, model, checkpoints, train, test, **options) -> torc
     if config.get("params") == "middle" and "middle" not in model.group_prefixes():
         raise UnknownNameError(f"{type(model).__name__} has no 'middle' parameter group; pass "
                                f"{name}'s params=[parameter names]")
-    return cls(model, checkpoints, **config).fit(train).scores(test).float()
+    return shard(cls(model, checkpoints, **config)).fit(train).scores(test).float()
 
 
 def all_method_scores(names: Iterable[str], model, checkpoints, train, test,

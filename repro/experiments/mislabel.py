@@ -98,6 +98,7 @@ def mislabel_run(model, cfg, train, test, is_flipped, run_dir, *, more_layers=("
     import copy
     import time
 
+    from repro.distributed import shard
     from repro.influence import TracInCP
     from repro.influence.lastlayer import LastLayerInfluence, RepresenterPoints, loss_per_example
     from repro.train import Trainer, list_checkpoints, load_run, predict
@@ -122,19 +123,20 @@ def mislabel_run(model, cfg, train, test, is_flipped, run_dir, *, more_layers=("
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
         return value
 
-    tracin = timed(TRACIN_LAST, lambda: TracInCP(model, cks, params="last", progress=progress).fit(train))
+    # shard(): split over the ranks of a torchrun'd notebook (repro.distributed); else the estimator
+    tracin = timed(TRACIN_LAST, lambda: shard(TracInCP(model, cks, params="last", progress=progress)).fit(train))
     per_ck = tracin.self_influence(per_checkpoint=True).numpy()
     scores = {f"TracInCP last layer, {name}": per_ck[idx].sum(0)
               for name, idx in checkpoint_subsets(len(cks)).items()}
     if more_layers:
         scores[f"TracInCP {'+'.join(more_layers) if not isinstance(more_layers, str) else more_layers}, "
-               "all checkpoints"] = timed("more layers", lambda: TracInCP(
+               "all checkpoints"] = timed("more layers", lambda: shard(TracInCP(
                    model, cks, params=list(more_layers) if not isinstance(more_layers, str) else more_layers,
-                   progress=progress).self_influence(train).numpy())
+                   progress=progress)).fit(train).self_influence().numpy())
     if all_params_checkpoints != 0:
         sel = evenly_spaced(len(cks), all_params_checkpoints or len(cks))
-        scores[f"TracInCP all parameters, {len(sel)} checkpoints"] = timed("all parameters", lambda: TracInCP(
-            model, [cks[i] for i in sel], params="all", progress=progress).self_influence(train).numpy())
+        scores[f"TracInCP all parameters, {len(sel)} checkpoints"] = timed("all parameters", lambda: shard(TracInCP(
+            model, [cks[i] for i in sel], params="all", progress=progress)).fit(train).self_influence().numpy())
     scores["influence function (last layer)"] = timed(
         "influence function", lambda: LastLayerInfluence(final, train, damping=if_damping).self_influence().numpy())
     scores["representer points"] = timed(

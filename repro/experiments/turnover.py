@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from repro.data.core import Dataset
+from repro.distributed import shard
 from repro.errors import InvalidParameterError
 from repro.influence.turnover import TurnOverInfluence
 from repro.train import TrainConfig, Trainer, evaluate
@@ -115,7 +116,7 @@ def removal_rankings(model, train: Dataset, checkpoints=None,
 
     scores = {"turn-over self-influence": TurnOverInfluence(model, progress=False).self_influence(train).numpy()}
     if checkpoints is not None:
-        tr = TracInCP(model, checkpoints, params=tracin_params, progress=False).fit(train)
+        tr = shard(TracInCP(model, checkpoints, params=tracin_params, progress=False)).fit(train)
         scores["tracin self-influence"] = tr.self_influence().numpy()
     logits = predict(model, train)
     scores["loss"] = F.cross_entropy(logits, torch.from_numpy(train.labels), reduction="none").numpy()
