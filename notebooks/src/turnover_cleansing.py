@@ -81,6 +81,9 @@ text_epochs: int = ...  # integer; smoke 1, cpu 2, gpu 3, paper 3
 text_lr: float = ...  # number; smoke 0.0001, cpu 0.0001, gpu 0.0001, paper 2e-05
 text_batch_size: int = ...  # integer; smoke 16, cpu 16, gpu 16, paper 32
 text_max_length: int = ...  # integer; smoke 32, cpu 64, gpu 128, paper 128
+text_n_targets: int = ...  # integer; smoke 6, cpu 6, gpu 50, paper 100
+text_loo_removals: int = ...  # integer; smoke 3, cpu 0, gpu 60, paper 100
+text_lds_subsets: int = ...  # integer; smoke 3, cpu 0, gpu 50, paper 100
 
 # %%
 import tempfile
@@ -134,6 +137,8 @@ pd.Series(params, dtype=object).to_frame("value")
 #   over the k per seed; reproduced if the 95% t interval over seeds lies above 0.
 # * `tod_self_influence_finds_flips`: ROC AUC of turn-over self-influence for the flipped labels
 #   (same noise); reproduced if the t interval over seeds lies above 0.5.
+# * `tod_tracks_loo_text`, `tod_lds_text` (section 5b, profiles that run it): the same two criteria as
+#   `tod_tracks_loo` and `tod_lds` on the text model (one seed; CIs over targets and removals / subsets).
 
 # %%
 CRIT_ACC = at_least(-0.02, partly_from=-0.05, what="the smallest accuracy difference (turn-over minus other)")
@@ -467,6 +472,46 @@ with pd.option_context("display.max_colwidth", 90):
     display(text_table[["test", "label", "pred", "kind", "score", "train_label", "train"]])
 
 # %% [markdown]
+# ### 5b. Ground truths on the text model (profiles with `text_lds_subsets` > 0: smoke, gpu, paper)
+# The protocol of section 2 on MiniLM with turn-over dropout: a reference run with checkpoints, every
+# estimator's scores on `text_n_targets` test sentences, fixed-order leave-one-out of
+# `text_loo_removals` random training sentences (with its 1e-6 noise ceiling) and the linear
+# datamodeling score over `text_lds_subsets` random halves. The `cpu` profile skips it (each
+# retraining of MiniLM takes minutes on 2 CPU cores; the MLP of section 2 answers the question there).
+
+# %%
+text_truth = None
+if p["text_lds_subsets"] > 0 and p["text_loo_removals"] > 0:
+    t0 = time.perf_counter()
+    ttargets = ttest.subset(np.arange(min(p["text_n_targets"], len(ttest))))
+    tref_cfg = TrainConfig(**{**tcfg.__dict__, "seed": p["seed"], "progress": False, "checkpoint_epochs": "all"})
+    tref = text_factory(True)(p["seed"])
+    Trainer(tref, tref_cfg, run_root / "text_reference").fit(ttrain, resume=False)
+    tscores = estimator_scores(tref.eval(), run_root / "text_reference", ttrain, ttargets)
+    tremoved = LOO.random_removals(ttrain, p["text_loo_removals"], seed=p["seed"])
+    tloo = LOO.fixed_order_loo(text_factory(True), ttrain, ttargets, tref_cfg, tremoved, seed=p["seed"],
+                               progress=False)
+    tloo_tiny = LOO.fixed_order_loo(text_factory(True), ttrain, ttargets, tref_cfg, tremoved, seed=p["seed"],
+                                    perturb=1e-6, perturb_seed=1, progress=False)
+    truns = LDS.subset_runs(text_factory(True), ttrain, ttargets, tref_cfg, n_subsets=p["text_lds_subsets"],
+                            seed=p["seed"], subset_seed=100 + p["seed"], progress=False)
+    rows = []
+    for method, sc in tscores.items():
+        a = LOO.agreement(sc, tloo, train_ids=ttrain.ids, n_resamples=p["n_bootstrap"])
+        m_loo, ci_loo = a.value("spearman")
+        r = LDS.lds(sc, truns, train_ids=ttrain.ids, n_resamples=p["n_bootstrap"])
+        rows.append({"method": method, "loo_spearman": m_loo, "loo_ci_lo": ci_loo[0], "loo_ci_hi": ci_loo[1],
+                     "lds": r.mean, "lds_ci_lo": r.ci95[0], "lds_ci_hi": r.ci95[1]})
+    text_ceiling = LOO.noise_ceiling(tloo, tloo_tiny).value("spearman")
+    text_truth = pd.DataFrame(rows).set_index("method")
+    timing["text ground truths"] = time.perf_counter() - t0
+    out.table("text_ground_truths", text_truth.reset_index())
+    print(f"{p['text_model']}: {len(ttargets)} targets, {len(tremoved)} random removals (LOO noise ceiling, "
+          f"1e-6 perturbation: {text_ceiling[0]:+.3f} [{text_ceiling[1][0]:+.3f}, {text_ceiling[1][1]:+.3f}]), "
+          f"{p['text_lds_subsets']} random halves")
+    display(text_truth)
+
+# %% [markdown]
 # ## Paper vs ours (verdicts computed from the criteria above)
 
 # %%
@@ -527,6 +572,23 @@ claims = [
           unit="ROC AUC", n=f"{len(tod_auc)} seeds", criterion=CRIT_AUC, others=auc_others,
           reason="turn-over self-influence ranks flipped labels no better than chance here"),
 ]
+if text_truth is not None:  # section 5b ran (not in the cpu profile)
+    n_text = f"{len(ttargets)} targets x {len(tremoved)} removals / {p['text_lds_subsets']} subsets, 1 seed"
+    tothers = lambda col: {m: round(float(text_truth.loc[m, col]), 4) for m in text_truth.index if m != "turn-over"}
+    claims += [
+        claim("tod_tracks_loo_text", claim=f"(a) on {p['text_model']}: turn-over influence agrees with fixed-order leave-one-out",
+              paper="qualitative " + PAPER_U, ours=float(text_truth.loc["turn-over", "loo_spearman"]),
+              ci95=[float(text_truth.loc["turn-over", "loo_ci_lo"]), float(text_truth.loc["turn-over", "loo_ci_hi"])],
+              unit="mean per-target Spearman", n=n_text, criterion=CRIT_LOO, others=tothers("loo_spearman"),
+              noise_ceiling=float(text_ceiling[0]),
+              reason=f"turn-over influence does not rank single removals' effects on {p['text_model']} "
+                     f"(noise ceiling {text_ceiling[0]:+.2f})"),
+        claim("tod_lds_text", claim=f"(a) on {p['text_model']}: turn-over influence predicts training on random halves (LDS)",
+              paper="not in the paper (a later, sturdier test of (a))", ours=float(text_truth.loc["turn-over", "lds"]),
+              ci95=[float(text_truth.loc["turn-over", "lds_ci_lo"]), float(text_truth.loc["turn-over", "lds_ci_hi"])],
+              unit="linear datamodeling score", n=n_text, criterion=CRIT_LDS, others=tothers("lds"),
+              reason=f"the summed turn-over scores do not predict subset effects on {p['text_model']}"),
+    ]
 paper_vs_ours = claims_frame(claims)
 out.table("paper_vs_ours", paper_vs_ours)
 with pd.option_context("display.max_colwidth", 200):
@@ -560,6 +622,9 @@ metrics = {
     "cleansing": cleansing_table.to_dict("records"),
     "flip_detection": det_summary.to_dict("records"),
     "helpful_share_label": float(same_label_helpful),
+    "text_ground_truths": (None if text_truth is None else
+                           {"table": text_truth.reset_index().to_dict("records"),
+                            "loo_noise_ceiling": {"spearman": text_ceiling[0], "ci95": list(text_ceiling[1])}}),
     "seconds": {**timing, "notebook": time.perf_counter() - t_start},
 }
 out.finish(metrics, claims=claims,
