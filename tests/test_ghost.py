@@ -19,12 +19,12 @@ from repro.train import TrainConfig, Trainer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _pieces(model, batch, params, plan=None, ghost=True):
+def _pieces(model, batch, params, plan=None, ghost=True, lazy=False):
     names = G.param_names(model, params)
     owners = G.hook_modules(model, names)
     assert owners is not None
     with G.EvalState(model, names, set_requires_grad=True):
-        return H.factors(model, batch, names, G.resolve_target("loss"), owners, ghost=ghost, plan=plan)
+        return H.factors(model, batch, names, G.resolve_target("loss"), owners, ghost=ghost, plan=plan, lazy=lazy)
 
 
 def _check(model, batch, params, split, expect_ghost=True):
@@ -37,6 +37,11 @@ def _check(model, batch, params, split, expect_ghost=True):
     assert (got - ref).abs().max() <= 1e-6 * ref.abs().max()
     sq = rows[split:].pow(2).sum(1)
     assert (H.self_products(y).double() - sq).abs().max() <= 1e-6 * sq.max()
+    # lazy row layers (formed only while paired) give exactly the eager numbers, on either side
+    y_lazy = _pieces(model, batch[torch.arange(split, len(batch))], params, plan=x.plan, lazy=True)
+    assert any(isinstance(p, H.Layer) for p in y_lazy.pieces) == (not all(x.plan.values()))
+    assert torch.equal(H.pair_products(x, y_lazy), H.pair_products(x, y))
+    assert torch.equal(H.self_products(y_lazy), H.self_products(y))
     # forcing rows everywhere gives the same numbers (the two forms of every layer agree)
     x0 = _pieces(model, batch[torch.arange(0, split)], params, ghost=False)
     y0 = _pieces(model, batch[torch.arange(split, len(batch))], params, ghost=False)

@@ -33,7 +33,7 @@ from torch import nn
 
 from repro.data.core import Batch
 
-__all__ = ["Factors", "factors", "pair_products", "self_products", "use_ghost"]
+__all__ = ["Factors", "Layer", "factors", "pair_products", "self_products", "use_ghost"]
 
 _PAIR_BLOCK = 1 << 25  # floats per (block, n_2, T, T) intermediate while pairing ghost pieces
 
@@ -50,6 +50,17 @@ class Ghost:
 class Rows:
     """Materialised per-example gradients ``(n, k)`` of some parameters."""
     g: torch.Tensor
+
+
+@dataclass
+class Layer:
+    """One layer's per-example gradients, not yet formed (``lazy=True`` in :func:`factors`): the
+    captured input ``a`` and output gradient ``e``; :func:`_expand` forms them when the pairing
+    reaches this layer and drops them after, so a chunk never holds more than one layer's rows."""
+    mod: nn.Module
+    a: torch.Tensor
+    e: torch.Tensor
+    keys: tuple  # "weight" / "bias", in that order, as chosen
 
 
 @dataclass
@@ -83,7 +94,7 @@ def _positions(mod: nn.Module, a: torch.Tensor, e: torch.Tensor) -> int:
 
 
 def factors(model, chunk: Batch, names: Sequence[str], target, owners: dict | None, ghost: bool = True,
-            plan: dict | None = None, fallback: str | None = None) -> Factors:
+            plan: dict | None = None, fallback: str | None = None, lazy: bool = False) -> Factors:
     """The pieces of ``chunk`` (already on the model's device) for the parameters ``names``.
 
     ``owners`` is :func:`repro.influence.grads.hook_modules`' result (``None``: that method does
@@ -91,7 +102,10 @@ def factors(model, chunk: Batch, names: Sequence[str], target, owners: dict | No
     rows for every layer (the reference the ghost form is tested against). ``plan``: the
     per-layer choice of an earlier chunk (``Factors.plan``), so that chunks pair piece by piece;
     ``None`` decides from this chunk's sizes. ``fallback``: ``"vmap"`` or ``"loop"`` for the row
-    piece when ``owners`` is None (default: the engine's choice)."""
+    piece when ``owners`` is None (default: the engine's choice). ``lazy=True`` keeps each row
+    layer as its captured input and output gradient (:class:`Layer`) and forms its per-example
+    gradients only while it is paired (:func:`pair_products`, :func:`self_products`): peak memory
+    is one layer's rows instead of the whole chunk's. Same numbers either way."""
     from repro.influence import grads as G
 
     n = len(chunk)
@@ -118,6 +132,11 @@ def factors(model, chunk: Batch, names: Sequence[str], target, owners: dict | No
                 d_in = mod.weight[0].numel() if isinstance(mod, nn.Conv2d) else mod.in_features
                 factored = use_ghost(_positions(mod, a, gout), d_in, mod.weight.shape[0])
         decided[m] = factored
+        if lazy and not factored:
+            keys = tuple(p for p in ("weight", "bias") if key(p) in chosen)
+            if keys:
+                pieces.append(Layer(mod, a.detach(), gout, keys))
+            continue
         grads = None if factored else G._per_example_param_grads(mod, a, gout)
         if factored:
             fa, fe = _weight_factors(mod, a, gout)
@@ -146,12 +165,31 @@ def _ghost_pair(x: Ghost, y: Ghost) -> torch.Tensor:
     return out
 
 
+def _expand(pieces):
+    """The pieces one at a time, each :class:`Layer` formed into its weight / bias rows when reached."""
+    from repro.influence import grads as G
+
+    for piece in pieces:
+        if isinstance(piece, Layer):
+            grads = G._per_example_param_grads(piece.mod, piece.a, piece.e)
+            n = piece.a.shape[0]
+            for k in piece.keys:
+                yield Rows(grads[k].reshape(n, -1))
+            del grads
+        else:
+            yield piece
+
+
+def _count(pieces) -> int:
+    return sum(len(p.keys) if isinstance(p, Layer) else 1 for p in pieces)
+
+
 def pair_products(x: Factors, y: Factors) -> torch.Tensor:
     """Gradient inner products ``(x.n, y.n)`` between the examples of two chunks."""
-    if len(x.pieces) != len(y.pieces):
+    if _count(x.pieces) != _count(y.pieces):
         raise ValueError("factors of different parameter sets")
     out = None
-    for p, q in zip(x.pieces, y.pieces):
+    for p, q in zip(_expand(x.pieces), _expand(y.pieces)):
         if isinstance(p, Ghost) != isinstance(q, Ghost):
             raise ValueError("factors computed with different per-layer plans; pass plan=")
         part = _ghost_pair(p, q) if isinstance(p, Ghost) else p.g @ q.g.T
@@ -162,7 +200,7 @@ def pair_products(x: Factors, y: Factors) -> torch.Tensor:
 def self_products(x: Factors) -> torch.Tensor:
     """``|g_i|^2`` for every example of the chunk ``(n,)``."""
     out = None
-    for p in x.pieces:
+    for p in _expand(x.pieces):
         if isinstance(p, Ghost):
             part = (torch.bmm(p.a, p.a.transpose(1, 2)) * torch.bmm(p.e, p.e.transpose(1, 2))).sum((1, 2))
         else:
@@ -172,6 +210,6 @@ def self_products(x: Factors) -> torch.Tensor:
 
 
 def to_device(x: Factors, device) -> Factors:
-    """The same factors on ``device``."""
+    """The same factors on ``device`` (lazy layers formed)."""
     return Factors([Ghost(p.a.to(device), p.e.to(device)) if isinstance(p, Ghost) else Rows(p.g.to(device))
-                    for p in x.pieces], x.n, x.plan)
+                    for p in _expand(x.pieces)], x.n, x.plan)

@@ -402,9 +402,11 @@ class TracInCP(Estimator):
         return "rows" if self.fast or self.projector is not None or self.cache_dir is not None else "stream"
 
     # ------------------------------------------------------------------ streaming path
-    def _stream_chunk(self, chunk: Batch, target):
+    def _stream_chunk(self, chunk: Batch, target, lazy: bool = False):
         """Gradient information of one chunk at the loaded checkpoint, for pairing: last-layer
-        factors (fast path), projected rows (projector) or :class:`repro.influence.ghost.Factors`."""
+        factors (fast path), projected rows (projector) or :class:`repro.influence.ghost.Factors`
+        (``lazy``: each layer's per-example gradients formed only while it is paired, for a chunk
+        that is paired once)."""
         from repro.influence import ghost
         from repro.influence.grads import EvalState, _HookFallback, _without_hooks, choose_method, hook_modules
 
@@ -421,7 +423,7 @@ class TracInCP(Estimator):
         with EvalState(self.model, self.names, set_requires_grad=True):
             try:
                 f = ghost.factors(self.model, chunk, self.names, tgt, self._owners, plan=self._plan,
-                                  fallback=self._fallback)
+                                  fallback=self._fallback, lazy=lazy)
             except _HookFallback as e:
                 warnings.warn(f"factored gradients do not apply to {type(self.model).__name__} ({e}); "
                               "using per-example gradients", RuntimeWarning, stacklevel=3)
@@ -467,7 +469,9 @@ class TracInCP(Estimator):
                          for lo in range(0, n, step)]
                 for a in range(0, m, step):
                     b = min(m, a + step)
-                    tr = self._stream_chunk(self._train[torch.arange(a, b)], None)
+                    # one test chunk (the usual case): each layer of the training chunk is formed,
+                    # paired and dropped in turn; several: formed once and kept for all of them
+                    tr = self._stream_chunk(self._train[torch.arange(a, b)], None, lazy=len(tests) == 1)
                     for lo, hi, te in tests:
                         out[lo:hi, a:b].add_(self._stream_pair(te, tr), alpha=sign * w)
                     bar.update(b - a)
@@ -545,7 +549,7 @@ class TracInCP(Estimator):
                     if self.fast:
                         rows = self._factors(chunk, check=first == 0 and lo == 0)
                     else:
-                        rows = self._stream_chunk(chunk, None)
+                        rows = self._stream_chunk(chunk, None, lazy=True)
                     out[lo:hi] = self._stream_self(rows) * w
                     bar.update(hi - lo)
                 per.append(out)
