@@ -41,7 +41,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tracin_peers.py --sizes $${TRACIN_SIZES:-500,2000} --out $(BENCH_OUT)/tracin_peers.csv; \
 	$(PY) benchmarks/bench_lissa_peers.py --out $(BENCH_OUT)/lissa_peers.csv; \
 	$(PY) benchmarks/bench_tracin_we.py --threads 1 --out $(BENCH_OUT)/tracin_we.json; \
-	$(PY) benchmarks/bench_fastif.py --threads 1 --out $(BENCH_OUT)/fastif.csv
+	$(PY) benchmarks/bench_fastif.py --threads 1 --out $(BENCH_OUT)/fastif.csv; \
+	$(PY) benchmarks/summary.py --dir $(BENCH_OUT)
 
 ## throughput tables (gradient engine methods, training, turn-over), not part of `make bench`
 bench-throughput: $(STAMP)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from repro.results import environment
+from repro.results import environment, git_commit
 
 
 def peer_version(name: str) -> str | None:
@@ -215,6 +215,7 @@ def run_environment(threads: int | None = None, **extra) -> dict:
     env = environment()
     env["versions"].update({p: peer_version(p) for p in ("captum", "dattri")})
     env["torch_threads"] = torch.get_num_threads()
+    env["git_commit"] = git_commit(Path(__file__).resolve().parents[1])
     env["loadavg_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env.update(extra)
     return env
