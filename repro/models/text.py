@@ -305,9 +305,14 @@ class TextClassifier(ReproModel):
         if attention_mask is None:
             attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
         if hasattr(enc, "_create_attention_masks"):
+            import inspect
+
+            extra = {}  # transformers >= 5.25 also takes position_ids (None, as BertModel.forward passes by default)
+            if "position_ids" in inspect.signature(enc._create_attention_masks).parameters:
+                extra["position_ids"] = None
             mask, _ = enc._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
                                                   embedding_output=hidden_states, encoder_hidden_states=None,
-                                                  cache=None)
+                                                  cache=None, **extra)
         else:  # older transformers
             mask = enc.get_extended_attention_mask(attention_mask, hidden_states.shape[:2])
         for layer in enc.encoder.layer[n_frozen:]:
