@@ -124,20 +124,36 @@ def test_shard_in_a_torchrun_kernel_equals_one_process(setup, reference, tmp_pat
     serves, a child of rank 0 (the notebook's kernel) joins as rank 0 and builds every estimator
     through ``shard``; its results equal one process's, and torchrun ends cleanly once the kernel
     exits."""
-    import subprocess
     import sys
     from pathlib import Path
 
     setup_path, out = tmp_path / "setup.pt", tmp_path / "got.pt"
     torch.save(setup, setup_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", str(free_port()), str(Path(__file__).with_name("torchrun_kernel.py")),
-                           str(setup_path), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    proc = _run_group([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                       "--master-port", str(free_port()), str(Path(__file__).with_name("torchrun_kernel.py")),
+                       str(setup_path), str(out)], env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = torch.load(out, weights_only=True)
     assert got.pop("world") == 2
     _assert_equal_results(setup, reference, got, got)
+
+
+def _run_group(cmd, timeout: float, **kwargs):
+    """``subprocess.run`` in a new session; on timeout the whole process group (torchrun's workers,
+    the notebook kernel) is killed, so a hang leaves no orphans behind."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(map(str, cmd))}\n{out[-2000:]}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_shard_outside_torchrun_is_the_estimator(setup):
@@ -182,7 +198,6 @@ def test_notebook_under_torchrun_equals_one_process(tmp_path):
     its TracInCP sections) and writes the same mislabel-detection table as one process; the run
     records the torchrun command and ends cleanly (the serving rank is released at kernel exit)."""
     import json
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -194,7 +209,7 @@ def test_notebook_under_torchrun_equals_one_process(tmp_path):
                     str(free_port()), "--no-python", repro_cmd, "run", "tracin_proponents", "--profile", "smoke",
                     "--results", str(multi)]}
     for root, cmd in cmds.items():
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        proc = _run_group(cmd, env=env, timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = {root: root / "tracin_proponents" / "smoke" for root in cmds}
     a, b = ((out[r] / "mislabel_detection.csv").read_text() for r in (single, multi))
