@@ -89,12 +89,13 @@ def tracin_ratios(d: Path) -> dict:
             "tracincp_last_vs_captum_fast": ("scores", "classifier.weight", "captum_fast",
                                              "captum TracInCPFast / ours on classifier.weight (its parameters)"),
         }
-        for key, (task, params, prefix, definition) in specs.items():
-            x, n, peer, ours = best_peer(task, params, prefix)
+        found = {key: best_peer(task, params, prefix) for key, (task, params, prefix, _) in specs.items()}
+        for key, (x, n, peer, ours) in found.items():
+            definition = specs[key][3]
             out[key] = (_entry(x, n, env, path.name, definition, peer=peer["impl"], peer_batch=peer["batch_size"],
                                ours=ours["impl"], agree=peer["agree"], loadavg=_num(peer.get("loadavg")))
                         if x is not None else _missing(path.name, definition, "no row with both sides timed"))
-        x, n, peer, ours = best_peer("scores", "all", "captum")
+        x, n, peer, ours = found["tracincp_all_vs_captum_best"]  # the memory of the same two rows
         mem_def = "captum's peak RSS growth / ours, all-parameter VGG scores (the timed rows above)"
         if x is not None and _num(ours["peak_rss_growth_mb"]) and _num(peer["peak_rss_growth_mb"]):
             out["peak_memory_ours_vs_captum"] = _entry(
@@ -146,11 +147,11 @@ def tracin_we_ratio(d: Path) -> dict:
 
 def fastif_ratio(fastif_dir: Path) -> dict:
     path = fastif_dir / "fastif_vs_full.csv"
+    source = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     definition = ("full influence (every training gradient, s_test amortized) / FastIF per test point, "
                   "k = 1,000, one process, N = 20,000 (the FastIF notebook's scale run)")
     if not path.exists():
-        return _missing(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path), definition,
-                        "run notebooks/fastif_hans.ipynb at this profile")
+        return _missing(source, definition, "run notebooks/fastif_hans.ipynb at this profile")
     rows = [r for r in _rows(path) if r["variant"] == "FastIF, 1 process" and r["k"] == "1000"]
     meta_path = fastif_dir / "metrics.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -160,9 +161,9 @@ def fastif_ratio(fastif_dir: Path) -> dict:
         env["torch_threads"] = 1
     at = [r for r in rows if int(r["N"]) == 20000] or sorted(rows, key=lambda r: int(r["N"]))[-1:]
     if not at:
-        return _missing(path.name, definition, "no k = 1,000 row")
+        return _missing(source, definition, "no k = 1,000 row")
     r = at[0]
-    return _entry(r["speedup"], int(r["N"]), env, str(path.relative_to(ROOT)), definition, k=1000,
+    return _entry(r["speedup"], int(r["N"]), env, source, definition, k=1000,
                   speedup_with_index_build=_num(r["speedup_amortized"]))
 
 

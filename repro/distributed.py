@@ -385,13 +385,10 @@ def shard(estimator):
 def serve() -> int:
     """Ranks 1..G-1 of a ``repro run`` under torchrun: join the group and follow the notebook's
     influence calls (:func:`shard`) until its kernel exits; returns 0."""
-    import os
-
     import torch.distributed as dist
 
     control = _init_from_env()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
-        if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _comm_device()  # this rank's GPU under NCCL (set by _init_from_env), else the CPU
     live: dict[int, Sharded] = {}
     try:
         while True:

@@ -132,23 +132,18 @@ def factors(model, chunk: Batch, names: Sequence[str], target, owners: dict | No
                 d_in = mod.weight[0].numel() if isinstance(mod, nn.Conv2d) else mod.in_features
                 factored = use_ghost(_positions(mod, a, gout), d_in, mod.weight.shape[0])
         decided[m] = factored
-        if lazy and not factored:
+        if not factored:  # rows: formed now, or (lazy) when the pairing reaches the layer
             keys = tuple(p for p in ("weight", "bias") if key(p) in chosen)
             if keys:
-                pieces.append(Layer(mod, a.detach(), gout, keys))
+                layer = Layer(mod, a.detach(), gout, keys)
+                pieces.extend([layer] if lazy else _expand([layer]))
             continue
-        grads = None if factored else G._per_example_param_grads(mod, a, gout)
-        if factored:
-            fa, fe = _weight_factors(mod, a, gout)
-            pieces.append(Ghost(fa, fe))
-            if want_b:
-                bias = gout.reshape(n, gout.shape[1], -1).sum(2) if isinstance(mod, nn.Conv2d) \
-                    else gout.reshape(n, -1, gout.shape[-1]).sum(1)
-                pieces.append(Rows(bias))
-            continue
-        for pname in ("weight", "bias"):
-            if key(pname) in chosen:
-                pieces.append(Rows(grads[pname].reshape(n, -1)))
+        fa, fe = _weight_factors(mod, a, gout)
+        pieces.append(Ghost(fa, fe))
+        if want_b:
+            bias = gout.reshape(n, gout.shape[1], -1).sum(2) if isinstance(mod, nn.Conv2d) \
+                else gout.reshape(n, -1, gout.shape[-1]).sum(1)
+            pieces.append(Rows(bias))
     return Factors(pieces, n, decided)
 
 
